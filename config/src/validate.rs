@@ -960,7 +960,7 @@ impl Ctx<'_> {
     }
 
     fn vendor_class(&mut self, rule: &Spanned<file::VendorClassFile>, field: &str) -> Option<VendorClassRule> {
-        let (text, build): (&String, fn(&str) -> Result<VendorClassRule, String>) = match rule.get_ref() {
+        let (text, build): (&String, RuleBuilder) = match rule.get_ref() {
             file::VendorClassFile::Exact(t) => (t, |t| Ok(VendorClassRule::Exact(t.as_bytes().to_vec()))),
             file::VendorClassFile::Prefix(t) => (t, |t| Ok(VendorClassRule::Prefix(t.as_bytes().to_vec()))),
             file::VendorClassFile::Regex(t) => (t, |t| {
@@ -985,6 +985,9 @@ impl Ctx<'_> {
         }
     }
 }
+
+/// Turns the text of a vendor-class rule into the rule, or says why it cannot.
+type RuleBuilder = fn(&str) -> Result<VendorClassRule, String>;
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
