@@ -1,5 +1,6 @@
 //! `dialtone`: the command line. Wiring only — every behaviour lives in the workspace crates.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,7 +98,10 @@ fn run(file: &std::path::Path) -> anyhow::Result<ExitCode> {
 fn init_logging(logging: &dialtone_config::Logging) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(logging.level.as_str()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     let result = match logging.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -134,7 +134,7 @@ pub struct PortBlockPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// `ports_per_phone` not a power of two in range.
-    #[error("ports_per_phone {0} is not a power of two in {MIN_PORTS_PER_PHONE}..={MAX_PORTS_PER_PHONE}")]
+    #[error("{0} is not a power of two in {MIN_PORTS_PER_PHONE}..={MAX_PORTS_PER_PHONE}")]
     BlockSize(u32),
     /// The LAN pool holds more phones than the public pool has blocks.
     #[error(
