@@ -28,8 +28,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, StatusCode};
 use tokio::sync::{oneshot, Semaphore};
+
+pub use hyper::{HeaderMap, Method, StatusCode};
 
 /// What the server allows each client.
 #[derive(Debug, Clone)]
