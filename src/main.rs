@@ -90,8 +90,12 @@ fn run(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         wan = %config.wan.interface,
         "dialtone started"
     );
+    let gateway = dialtone_daemon::Gateway::start(&config).context("starting the gateway")?;
+    tracing::info!("dialtone running");
     let signal = signals.forever().next().unwrap_or(SIGTERM);
-    tracing::info!(signal, "stop signal received; dialtone stopped");
+    tracing::info!(signal, "stop signal received");
+    gateway.stop();
+    tracing::info!("dialtone stopped");
     Ok(ExitCode::SUCCESS)
 }
 

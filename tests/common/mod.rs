@@ -74,6 +74,12 @@ impl Lab {
         format!("{}-{side}", self.prefix)
     }
 
+    /// Gives the phones' side a fixed address (for tests of services that do not need DHCP).
+    pub fn phone_address(&self, cidr: &str) {
+        let out = run(self.exec("phones", "ip").args(["addr", "add", cidr, "dev", "eth0"]));
+        assert!(out.status.success(), "ip addr add {cidr}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// A command run inside namespace `side`.
     pub fn exec(&self, side: &str, program: &str) -> Command {
         let mut cmd = Command::new("ip");

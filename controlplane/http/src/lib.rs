@@ -72,7 +72,7 @@ pub struct Request {
     /// Query string without `?`, if any.
     pub query: Option<String>,
     /// Header map.
-    pub headers: hyper::HeaderMap,
+    pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
     /// The client's address.

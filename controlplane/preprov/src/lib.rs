@@ -11,11 +11,13 @@
 
 pub mod ids;
 mod ratelimit;
+mod redb_registry;
 pub mod registry;
 mod service;
 
 pub use ids::{Contact, ContactError, ContactHost, DeviceId, DeviceIdError};
 pub use ratelimit::RateLimiter;
+pub use redb_registry::RedbRegistry;
 pub use registry::{Account, AuditEntry, DeviceRecord, MemoryRegistry, Registry, RegistryError, Role, Txn};
 pub use service::{new_token, token_hash, Counters, Service, ServiceSettings};
 

@@ -169,6 +169,13 @@ struct NewAccount {
     default_contact: Option<String>,
 }
 
+/// One parsed row of a bulk import: `device_id,contact[,entity]`.
+struct ImportRow {
+    id: DeviceId,
+    contact: Option<String>,
+    entity: Option<String>,
+}
+
 /// Outcome of one registration (single or one CSV row).
 enum Registered {
     Created,
@@ -408,7 +415,7 @@ impl Service {
         // lines count); each line is one CSV record, quoting allowed.
         let Ok(text) = std::str::from_utf8(&req.body) else { return Err(bad("the CSV body is not UTF-8")) };
         let now = now_secs();
-        let mut rows: Vec<(usize, Result<(DeviceId, Option<String>, Option<String>), String>)> = Vec::new();
+        let mut rows: Vec<(usize, Result<ImportRow, String>)> = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let trimmed = line.trim();
             if trimmed.is_empty() || trimmed.starts_with('#') {
@@ -432,7 +439,7 @@ impl Service {
                     Ok(id) => {
                         let contact = r.get(1).filter(|c| !c.is_empty()).map(str::to_owned);
                         let entity = r.get(2).filter(|e| !e.is_empty()).map(str::to_owned);
-                        Ok((id, contact, entity))
+                        Ok(ImportRow { id, contact, entity })
                     }
                 },
             };
@@ -447,8 +454,8 @@ impl Service {
                 for (line, row) in &rows {
                     let outcome = match row {
                         Err(e) => Err(e.clone()),
-                        Ok((id, contact, entity)) => {
-                            Self::register(txn, caller, id, contact.as_deref(), entity.as_deref(), now)?
+                        Ok(row) => {
+                            Self::register(txn, caller, &row.id, row.contact.as_deref(), row.entity.as_deref(), now)?
                         }
                     };
                     match outcome {

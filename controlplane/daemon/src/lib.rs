@@ -1,0 +1,159 @@
+//! The running gateway: opens the durable store once and starts every service the configuration
+//! enables, in dependency order; stops them in reverse.
+//!
+//! Layer: top of the control plane, below the command line. Inputs: a validated
+//! [`dialtone_config::Config`]. Outputs: running services and a handle that stops them. It must
+//! never start half a gateway: any service that cannot start stops those already started and the
+//! error says which one and why.
+#![forbid(unsafe_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dialtone_config::{Config, TokenSource};
+use dialtone_http::{Limits, Server};
+use dialtone_preprov::{RedbRegistry, Registry, Service, ServiceSettings};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store's directory or file could not be opened.
+    #[error("opening the store {path}: {reason}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A token file could not be read.
+    #[error("reading the token file {path}: {reason}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A listener could not be bound.
+    #[error("{service}: binding {addr}: {source}")]
+    Bind {
+        /// Which service.
+        service: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A service failed to start.
+    #[error("{service}: {reason}")]
+    Service {
+        /// Which service.
+        service: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Reads a bearer token, from the config or from its file (first line, trimmed).
+pub fn read_token(source: &TokenSource) -> Result<String, StartError> {
+    match source {
+        TokenSource::Inline(t) => Ok(t.clone()),
+        TokenSource::File(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| StartError::TokenFile { path: path.clone(), reason: e.to_string() })?;
+            let token = text.lines().next().unwrap_or("").trim().to_owned();
+            if token.len() < 16 {
+                return Err(StartError::TokenFile {
+                    path: path.clone(),
+                    reason: "the token must be at least 16 characters".into(),
+                });
+            }
+            Ok(token)
+        }
+    }
+}
+
+/// Opens the store file (creating its directory), shared by every service that keeps state.
+pub fn open_database(config: &Config) -> Result<Arc<redb::Database>, StartError> {
+    let path = &config.store.path;
+    let fail = |reason: String| StartError::Store { path: path.clone(), reason };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    redb::Database::create(path).map(Arc::new).map_err(|e| fail(e.to_string()))
+}
+
+fn bind(service: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|source| StartError::Bind { service, addr, source })
+}
+
+/// Everything running; dropping it (or [`Gateway::stop`]) stops the services in reverse order.
+#[derive(Debug)]
+pub struct Gateway {
+    servers: Vec<(&'static str, Server)>,
+}
+
+impl Gateway {
+    /// Starts every enabled service of `config`.
+    pub fn start(config: &Config) -> Result<Self, StartError> {
+        let db = open_database(config)?;
+        let mut gateway = Gateway { servers: Vec::new() };
+
+        if config.preprov.enabled || config.provisioning.enabled {
+            let registry: Arc<dyn Registry> = Arc::new(
+                RedbRegistry::new(Arc::clone(&db))
+                    .map_err(|e| StartError::Service { service: "pre-provisioning", reason: e.to_string() })?,
+            );
+            let admin_token = config.preprov.admin_token.as_ref().map(read_token).transpose()?;
+            let service = Arc::new(Service::new(
+                registry,
+                ServiceSettings {
+                    admin_token,
+                    rate_per_source: config.preprov.rate_per_source,
+                    burst_per_source: config.preprov.burst_per_source,
+                    next_servers: config.provisioning.next_servers.clone(),
+                    class_parameters: config.classes.iter().map(|c| (c.name.clone(), c.parameters.clone())).collect(),
+                },
+            ));
+            let p = &config.preprov;
+            let limits = Limits {
+                threads: usize::try_from(p.threads).unwrap_or(4),
+                max_connections: usize::try_from(p.max_connections).unwrap_or(10_000),
+                read_timeout: p.read_timeout,
+                idle_timeout: p.idle_timeout,
+                max_header_bytes: usize::try_from(p.max_header_bytes).unwrap_or(8192),
+                max_body_bytes: p.max_body_bytes,
+            };
+            if p.enabled {
+                if p.tls.is_some() {
+                    return Err(StartError::Service {
+                        service: "pre-provisioning",
+                        reason: "HTTPS (tls_cert/tls_key) is not available in this build; remove them to serve HTTP"
+                            .into(),
+                    });
+                }
+                let server =
+                    Server::start("preprov", bind("pre-provisioning", p.listen)?, limits.clone(), service.clone())
+                        .map_err(|e| StartError::Service { service: "pre-provisioning", reason: e.to_string() })?;
+                tracing::info!(listen = %server.local_addr(), "pre-provisioning service started");
+                gateway.servers.push(("pre-provisioning", server));
+            }
+            if config.provisioning.enabled {
+                let server =
+                    Server::start("provision", bind("provisioning", config.provisioning.listen)?, limits, service)
+                        .map_err(|e| StartError::Service { service: "provisioning", reason: e.to_string() })?;
+                tracing::info!(listen = %server.local_addr(), "provisioning entry point started");
+                gateway.servers.push(("provisioning", server));
+            }
+        }
+        Ok(gateway)
+    }
+
+    /// Stops every service, last started first.
+    pub fn stop(mut self) {
+        while let Some((name, server)) = self.servers.pop() {
+            server.stop();
+            tracing::info!(service = name, "stopped");
+        }
+    }
+}
