@@ -17,7 +17,7 @@ packages=(
   # HTTP load and the HTTP peer
   wrk nginx-light
   # golden packet vectors and traffic tools
-  python3 python3-scapy netsniff-ng
+  python3 python3-scapy netsniff-ng openssl
 )
 
 missing=()

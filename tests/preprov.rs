@@ -164,3 +164,134 @@ fn preprov_service_end_to_end() {
     assert_eq!(curl(&lab, "GET", "/v1/devices/805ec0000001", Some(&a), None).0, 200);
     assert_eq!(curl(&lab, "GET", "/v1/devices/805ec0000001", Some(&b), None).0, 404);
 }
+
+#[test]
+fn https_when_a_certificate_is_configured() {
+    let lab = Lab::up("pps");
+    lab.phone_address("100.64.200.60/16");
+    let scratch = Scratch::new("pps");
+    let config = scratch.lab_config();
+    let (cert, key) = (scratch.0.join("cert.pem"), scratch.0.join("key.pem"));
+    let out = common::run(
+        std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=dialtone-lab",
+                "-addext",
+                "subjectAltName=IP:100.64.0.1",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "listen = \"0.0.0.0:8080\"",
+        &format!("listen = \"0.0.0.0:8080\"\ntls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()),
+    );
+    std::fs::write(&config, text).expect("write config");
+    let mut gw = Gateway::start(&lab, &config, scratch.0.join("gw.log"));
+    gw.wait_for_log("pre-provisioning service started", Duration::from_secs(20));
+    assert!(gw.log_text().contains("https=true"), "{}", gw.log_text());
+    let out = common::run(
+        lab.exec("phones", "curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&cert)
+            .arg("https://100.64.0.1:8080/v1/contact/805ec0000001"),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404", "{}", String::from_utf8_lossy(&out.stderr));
+    // Without trusting the certificate, curl refuses: the service really is speaking TLS.
+    let out = common::run(lab.exec("phones", "curl").args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "https://100.64.0.1:8080/v1/contact/805ec0000001",
+    ]));
+    assert!(!out.status.success());
+}
+
+#[test]
+fn slow_clients_do_not_hold_the_service() {
+    let lab = Lab::up("ppl");
+    lab.phone_address("100.64.200.70/16");
+    lab.phone_address("100.64.200.71/16");
+    let scratch = Scratch::new("ppl");
+    scratch.lab_config();
+    let mut gw = start(&lab, &scratch, "gw.log");
+    let a = create_account(&lab, "acme", "entity", None);
+    assert_eq!(
+        curl(&lab, "PUT", "/v1/devices/805ec0000001", Some(&a), Some(r#"{"contact":"prov.acme.example"}"#)).0,
+        201
+    );
+
+    // 2,000 clients from one address that open a request and trickle header lines, never finishing.
+    let script = r#"
+import socket, sys, time
+socks = []
+for i in range(2000):
+    s = socket.create_connection(("100.64.0.1", 8080), timeout=5, source_address=("100.64.200.70", 0))
+    s.sendall(b"GET /v1/contact/805ec0000001 HTTP/1.1\r\nHost: lab\r\n")
+    socks.append(s)
+print("holding", len(socks), flush=True)
+end = time.time() + 8
+while time.time() < end:
+    for s in socks:
+        try:
+            s.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            pass
+    time.sleep(0.5)
+"#;
+    let mut slow = lab
+        .exec("phones", "python3")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start slow clients");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(slow.stdout.take().expect("stdout")), &mut first)
+        .expect("read");
+    assert_eq!(first.trim(), "holding 2000", "slow clients could not connect");
+
+    // Legitimate inquiries from another address still succeed while they are held.
+    let mut latencies = Vec::new();
+    for _ in 0..30 {
+        let started = Instant::now();
+        let out = common::run(lab.exec("phones", "curl").args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--interface",
+            "100.64.200.71",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{BASE}/v1/contact/805ec0000001"),
+        ]));
+        latencies.push(started.elapsed());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    latencies.sort();
+    eprintln!(
+        "inquiries under 2,000 slow clients (curl process included): p50 {:?}, max {:?}",
+        latencies[15], latencies[29]
+    );
+
+    // Thread count stays bounded: runtime workers (4 in the lab config) and a few others, not 2,000.
+    let pid = gw.child.id();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
+    assert!((1..=16).contains(&threads), "{threads} threads while 2,000 slow clients are connected");
+    let _ = slow.kill();
+    let _ = slow.wait();
+    let _ = gw.stop_with(15, Duration::from_secs(20));
+}

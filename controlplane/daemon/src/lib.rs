@@ -125,17 +125,23 @@ impl Gateway {
                 max_body_bytes: p.max_body_bytes,
             };
             if p.enabled {
-                if p.tls.is_some() {
-                    return Err(StartError::Service {
-                        service: "pre-provisioning",
-                        reason: "HTTPS (tls_cert/tls_key) is not available in this build; remove them to serve HTTP"
-                            .into(),
-                    });
-                }
-                let server =
-                    Server::start("preprov", bind("pre-provisioning", p.listen)?, limits.clone(), service.clone())
-                        .map_err(|e| StartError::Service { service: "pre-provisioning", reason: e.to_string() })?;
-                tracing::info!(listen = %server.local_addr(), "pre-provisioning service started");
+                let tls = match &p.tls {
+                    Some((cert, key)) => Some(
+                        dialtone_http::tls_config(cert, key)
+                            .map_err(|reason| StartError::Service { service: "pre-provisioning", reason })?,
+                    ),
+                    None => None,
+                };
+                let https = tls.is_some();
+                let server = Server::start_with_tls(
+                    "preprov",
+                    bind("pre-provisioning", p.listen)?,
+                    limits.clone(),
+                    service.clone(),
+                    tls,
+                )
+                .map_err(|e| StartError::Service { service: "pre-provisioning", reason: e.to_string() })?;
+                tracing::info!(listen = %server.local_addr(), https, "pre-provisioning service started");
                 gateway.servers.push(("pre-provisioning", server));
             }
             if config.provisioning.enabled {

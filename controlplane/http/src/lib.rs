@@ -201,6 +201,29 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Loads a PEM certificate chain and private key into a TLS server configuration (HTTP/1.1 only,
+/// TLS 1.2 and 1.3, ring as the crypto provider).
+pub fn tls_config(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
+        .map_err(|e| format!("{}: {e}", cert_pem.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert_pem.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", cert_pem.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| format!("{}: {e}", key_pem.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not match or are unusable: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Serves requests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request. Runs on a runtime thread: no long waits except in mutating methods.
@@ -243,6 +266,18 @@ impl Server {
         limits: Limits,
         handler: Arc<dyn Handler>,
     ) -> Result<Self, ServerError> {
+        Self::start_with_tls(name, listener, limits, handler, None)
+    }
+
+    /// Like [`Server::start`], speaking HTTPS when `tls` is given (the handshake must finish within
+    /// the read timeout).
+    pub fn start_with_tls(
+        name: &str,
+        listener: TcpListener,
+        limits: Limits,
+        handler: Arc<dyn Handler>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, ServerError> {
         listener.set_nonblocking(true).map_err(ServerError::Listener)?;
         let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -256,7 +291,7 @@ impl Server {
         let (stop_tx, stop_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name(format!("{name}-accept"))
-            .spawn(move || runtime.block_on(accept_loop(listener, limits, handler, stop_rx)))
+            .spawn(move || runtime.block_on(accept_loop(listener, limits, handler, tls, stop_rx)))
             .map_err(ServerError::Runtime)?;
         Ok(Self { local_addr, stop: Some(stop_tx), thread: Some(thread) })
     }
@@ -291,8 +326,10 @@ async fn accept_loop(
     listener: TcpListener,
     limits: Limits,
     handler: Arc<dyn Handler>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -324,8 +361,17 @@ async fn accept_loop(
         prepare_socket(&stream);
         let handler = Arc::clone(&handler);
         let limits = Arc::clone(&limits);
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, &limits, handler).await;
+            let (io, activity) = io::Tracked::new(stream);
+            match acceptor {
+                None => serve_connection(io, activity, peer, &limits, handler).await,
+                Some(acceptor) => match tokio::time::timeout(limits.read_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(tls_stream)) => serve_connection(tls_stream, activity, peer, &limits, handler).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            }
             drop(permit);
         });
     }
@@ -338,13 +384,15 @@ fn prepare_socket(stream: &tokio::net::TcpStream) {
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<I>(
+    io: I,
+    activity: io::Activity,
     peer: SocketAddr,
     limits: &Arc<Limits>,
     handler: Arc<dyn Handler>,
-) {
-    let (io, activity) = io::Tracked::new(stream);
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service_limits = Arc::clone(limits);
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let handler = Arc::clone(&handler);

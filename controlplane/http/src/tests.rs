@@ -8,6 +8,21 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn echo_server(limits: Limits) -> Server {
+    echo_server_named("test", limits)
+}
+
+/// Threads of this process whose name starts with `prefix` (tests run side by side in one process).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn echo_server_named(name: &str, limits: Limits) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let handler = |req: &Request| -> Response {
         match (req.method.clone(), req.segments().as_slice()) {
@@ -26,7 +41,7 @@ fn echo_server(limits: Limits) -> Server {
             _ => Response::error(StatusCode::NOT_FOUND, "no such resource"),
         }
     };
-    Server::start("test", listener, limits, Arc::new(handler)).expect("server starts")
+    Server::start(name, listener, limits, Arc::new(handler)).expect("server starts")
 }
 
 fn connect(server: &Server) -> TcpStream {
@@ -162,16 +177,15 @@ fn idle_keep_alive_connection_is_closed() {
 
 #[test]
 fn connections_over_the_cap_are_closed_and_threads_stay_bounded() {
-    let threads_before = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
-    let server = echo_server(Limits { max_connections: 50, threads: 2, ..Limits::default() });
+    let server = echo_server_named("capped", Limits { max_connections: 50, threads: 2, ..Limits::default() });
     let held: Vec<TcpStream> = (0..50).map(|_| connect(&server)).collect();
     // Let the server accept all of them.
     std::thread::sleep(Duration::from_millis(200));
     let mut extra = connect(&server);
     assert!(closed_within(&mut extra, Duration::from_secs(5)), "connection over the cap was kept");
-    let threads_during = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
     // Runtime workers + accept thread (+ at most the blocking pool), whatever the connection count.
-    assert!(threads_during <= threads_before + 2 + 1 + 2, "{threads_before} -> {threads_during} threads");
+    let threads = threads_named("capped-");
+    assert!((1..=2 + 1 + 2).contains(&threads), "{threads} server threads for 50 connections");
     drop(held);
     // Freed slots are usable again.
     std::thread::sleep(Duration::from_millis(200));
@@ -200,4 +214,46 @@ fn json_strings_are_escaped() {
     assert!(constant_time_eq(b"abc", b"abc"));
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"ab"));
+}
+
+#[test]
+fn https_when_a_certificate_is_given() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("self-signed cert");
+    let dir = std::env::temp_dir().join(format!("dialtone-http-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("key");
+    let tls = tls_config(&cert_path, &key_path).expect("tls config");
+    assert!(tls_config(&key_path, &key_path).is_err(), "a key is not a certificate");
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let handler = |_: &Request| Response::text(StatusCode::OK, "secure\n");
+    let server =
+        Server::start_with_tls("tls", listener, Limits::default(), Arc::new(handler), Some(tls)).expect("start");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let body = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(server.local_addr()).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.expect("handshake");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    assert!(body.starts_with("HTTP/1.1 200") && body.ends_with("secure\n"), "{body}");
+    // Plain HTTP to the TLS port gets nothing served.
+    let mut plain = connect(&server);
+    plain.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    assert_eq!(read_response(&mut plain).0, 0);
+    let _ = std::fs::remove_dir_all(dir);
 }
