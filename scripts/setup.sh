@@ -15,7 +15,7 @@ packages=(
   # real TFTP clients and the TFTP peer
   tftp-hpa atftp tftpd-hpa curl
   # HTTP load and the HTTP peer
-  wrk nginx-light
+  wrk nginx-light bc
   # golden packet vectors and traffic tools
   python3 python3-scapy netsniff-ng openssl
 )
