@@ -631,7 +631,6 @@ impl Engine {
             _ => None,
         };
         let start = renewal.unwrap_or(now);
-        let was_quarantined = self.pools[class].quarantined_until(offset).is_some();
         let had_binding = self.pools[class].binding_of(mac) == Some(offset);
         self.forget_offer(class, offset);
         let displaced = self.pools[class].bind(offset, mac, start, expiry, request.client_id.clone());
@@ -642,7 +641,9 @@ impl Engine {
         if !had_binding {
             out.writes.push(Write::PutBinding(Binding { class: class_name.clone(), mac, offset }));
         }
-        if was_quarantined {
+        if renewal.is_none() {
+            // The store may still hold a quarantine that ended in memory; lifting a missing one
+            // is harmless.
             out.writes.push(Write::RemoveQuarantine { class: class_name.clone(), offset });
         }
         out.writes.push(Write::PutLease(Lease {
@@ -867,5 +868,612 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use dialtone_config::portblock::decode_option159;
+    use dialtone_config::{load_str, CpuPolicy};
+    use dialtone_store::{MemoryStore, Store};
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    const EXAMPLE: &str = include_str!("../../../config/examples/dialtone.toml");
+    pub(crate) const YEALINK: &[u8] = b"Yealink SIP-T54W";
+    pub(crate) const POLYCOM: &[u8] = b"Polycom-VVX450-UA/6.4";
+
+    pub(crate) fn example() -> Config {
+        load_str("dialtone.toml", EXAMPLE, Path::new("."), CpuPolicy::Ignore).unwrap().config
+    }
+
+    /// The example's global sections with `classes` (and `dhcp` extras) replacing its own.
+    fn config_with(dhcp_extra: &str, classes: &str) -> Config {
+        let globals = EXAMPLE.split("[[class]]").next().unwrap();
+        let globals = globals.replace("[dhcp]\n", &format!("[dhcp]\n{dhcp_extra}\n"));
+        load_str("t.toml", &format!("{globals}\n{classes}"), Path::new("."), CpuPolicy::Ignore).unwrap().config
+    }
+
+    /// One tiny class of 4 addresses: 100.64.0.0/30 holds the LAN network (0) and gateway (1).
+    fn tiny() -> Config {
+        config_with(
+            "quarantine = \"2m\"\noffer_hold = \"10s\"",
+            r#"[[class]]
+name = "tiny"
+vendor_class = { exact = "tiny-phone" }
+mac_oui = ["80:5e:c0"]
+ports_per_phone = 16384
+lan_pool = "100.64.0.0/29"
+public_pool = "198.51.100.0/30"
+boot_file = "tiny.bin"
+lease_time = "10m"
+tftp_root = "/tmp"
+"#,
+        )
+    }
+
+    pub(crate) fn mac(n: u8) -> MacAddr {
+        MacAddr([0x80, 0x5e, 0xc0, 0, 0, n])
+    }
+
+    /// A client message builder.
+    #[derive(Clone)]
+    pub(crate) struct Msg(pub(crate) Message);
+
+    impl Msg {
+        pub(crate) fn new(kind: MessageType, mac: MacAddr, vendor: &[u8]) -> Self {
+            let mut chaddr = [0u8; 16];
+            chaddr[..6].copy_from_slice(&mac.0);
+            let mut m = Message {
+                op: BOOTREQUEST,
+                htype: 1,
+                hlen: 6,
+                hops: 0,
+                xid: 0xdead_beef,
+                secs: 0,
+                flags: 0,
+                ciaddr: Ipv4Addr::UNSPECIFIED,
+                yiaddr: Ipv4Addr::UNSPECIFIED,
+                siaddr: Ipv4Addr::UNSPECIFIED,
+                giaddr: Ipv4Addr::UNSPECIFIED,
+                chaddr,
+                sname: [0; 64],
+                file: [0; 128],
+                options: Options::new(),
+            };
+            m.options.set(code::MESSAGE_TYPE, vec![kind as u8]);
+            m.options.set(code::VENDOR_CLASS, vendor.to_vec());
+            m.options.set(code::MAX_MESSAGE_SIZE, 1500u16.to_be_bytes().to_vec());
+            Self(m)
+        }
+        pub(crate) fn opt(mut self, code: u8, data: &[u8]) -> Self {
+            self.0.options.set(code, data.to_vec());
+            self
+        }
+        pub(crate) fn requested(self, a: Ipv4Addr) -> Self {
+            self.opt(code::REQUESTED_IP, &a.octets())
+        }
+        pub(crate) fn server(self, a: Ipv4Addr) -> Self {
+            self.opt(code::SERVER_ID, &a.octets())
+        }
+        pub(crate) fn ciaddr(mut self, a: Ipv4Addr) -> Self {
+            self.0.ciaddr = a;
+            self
+        }
+        pub(crate) fn bytes(&self) -> Vec<u8> {
+            self.0.encode(1500).0
+        }
+    }
+
+    const GW: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+
+    fn one_reply(out: &Output) -> Message {
+        assert_eq!(out.replies.len(), 1, "{out:?}");
+        Message::decode(&out.replies[0].bytes).unwrap()
+    }
+
+    fn msg_type(m: &Message) -> u8 {
+        m.options.get(code::MESSAGE_TYPE).unwrap()[0]
+    }
+
+    /// DISCOVER then SELECTING REQUEST; returns the ACK and the REQUEST's output.
+    fn dora(engine: &mut Engine, now: u64, mac: MacAddr, vendor: &[u8]) -> (Message, Output) {
+        let offer = one_reply(&engine.handle(now, &Msg::new(MessageType::Discover, mac, vendor).bytes()));
+        assert_eq!(msg_type(&offer), MessageType::Offer as u8);
+        let req = Msg::new(MessageType::Request, mac, vendor).requested(offer.yiaddr).server(GW);
+        let out = engine.handle(now, &req.bytes());
+        let ack = one_reply(&out);
+        assert_eq!(msg_type(&ack), MessageType::Ack as u8);
+        assert_eq!(ack.yiaddr, offer.yiaddr);
+        (ack, out)
+    }
+
+    fn snapshot_after(outputs: &[&Output]) -> LeaseSnapshot {
+        let store = MemoryStore::new();
+        for out in outputs {
+            store.apply(&out.writes).unwrap();
+        }
+        store.snapshot().unwrap()
+    }
+
+    #[test]
+    fn discover_gets_an_offer_with_the_class_options() {
+        let config = example();
+        let mut engine = Engine::new(config.clone(), &LeaseSnapshot::default(), Limits::default());
+        let out = engine.handle(1000, &Msg::new(MessageType::Discover, mac(1), YEALINK).bytes());
+        assert!(out.writes.is_empty(), "an offer needs no durable write");
+        let offer = one_reply(&out);
+        let yealink = &config.classes[0];
+        assert!(yealink.lan_pool.contains(&offer.yiaddr));
+        assert_eq!(out.replies[0].to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert!(out.replies[0].broadcast);
+        assert_eq!(offer.op, wire::BOOTREPLY);
+        assert_eq!(offer.xid, 0xdead_beef);
+        assert_eq!(offer.siaddr, yealink.tftp_server);
+        assert!(offer.file.starts_with(b"yealink/t5.rom\0"));
+        let o = &offer.options;
+        assert_eq!(o.get(code::SERVER_ID), Some(&GW.octets()[..]));
+        assert_eq!(o.get(code::SUBNET_MASK), Some(&[255, 255, 0, 0][..]));
+        assert_eq!(o.get(code::ROUTER), Some(&GW.octets()[..]));
+        assert_eq!(o.get(code::DNS), Some(&GW.octets()[..]));
+        assert_eq!(o.get(code::DOMAIN_NAME), Some(&b"lab.dialtone.test"[..]));
+        assert_eq!(o.get(code::LEASE_TIME), Some(&3600u32.to_be_bytes()[..]));
+        assert_eq!(o.get(code::RENEWAL_TIME), Some(&1800u32.to_be_bytes()[..]));
+        assert_eq!(o.get(code::REBINDING_TIME), Some(&3150u32.to_be_bytes()[..]));
+        assert_eq!(o.get(code::TFTP_SERVER_ADDRESS), Some(&yealink.tftp_server.octets()[..]));
+        assert_eq!(o.get(code::TFTP_SERVER_NAME), Some(yealink.tftp_server.to_string().as_bytes()));
+        assert_eq!(o.get(code::BOOT_FILE), Some(&b"yealink/t5.rom"[..]));
+        let block = yealink.port_block_of(offer.yiaddr).unwrap();
+        let port_option = yealink.port_option.unwrap();
+        assert_eq!(decode_option159(o.get(port_option).unwrap()), Ok((block.port_lo, block.port_hi)));
+        assert_eq!(o.get(code::VENDOR_SPECIFIC), None, "yealink has no vendor port option");
+        assert_eq!(engine.counters().get(Disposition::Offered), 1);
+    }
+
+    #[test]
+    fn dora_binds_durably_and_announces_the_block() {
+        let config = example();
+        let mut engine = Engine::new(config.clone(), &LeaseSnapshot::default(), Limits::default());
+        let (ack, out) = dora(&mut engine, 1000, mac(1), YEALINK);
+        let class = &config.classes[0];
+        let offset = class.offset_of(ack.yiaddr).unwrap();
+        let block = class.port_block_of(ack.yiaddr).unwrap();
+        assert_eq!(decode_option159(ack.options.get(159).unwrap()), Ok((block.port_lo, block.port_hi)));
+        assert!(out.writes.contains(&Write::PutBinding(Binding { class: class.name.clone(), mac: mac(1), offset })));
+        assert!(out.writes.iter().any(|w| matches!(w, Write::PutLease(l) if l.offset == offset && l.expiry == 4600)));
+        assert!(out.writes.iter().any(|w| matches!(w, Write::OpenHistory(h) if h.port_lo == block.port_lo)));
+        assert_eq!(
+            out.effects,
+            vec![Effect::Lease(LeaseEvent {
+                change: LeaseChange::Granted,
+                class: 0,
+                offset,
+                address: ack.yiaddr,
+                mac: mac(1),
+                block,
+                until: 4600
+            })]
+        );
+        assert_eq!(engine.offers_in_flight(), 0);
+        assert_eq!(engine.bound_leases(0), 1);
+        // The history answers whois for the block.
+        let snap_store = MemoryStore::new();
+        snap_store.apply(&out.writes).unwrap();
+        let who = snap_store.who_held(block.public_ip, block.port_hi, 2000).unwrap();
+        assert_eq!(who.iter().map(|h| h.mac).collect::<Vec<_>>(), vec![mac(1)]);
+    }
+
+    #[test]
+    fn phones_failing_mac_or_vendor_class_get_nothing_and_change_nothing() {
+        let config = config_with("deny_macs = [\"80:5e:c0:00:00:09\"]", &EXAMPLE[EXAMPLE.find("[[class]]").unwrap()..]);
+        let mut engine = Engine::new(config, &LeaseSnapshot::default(), Limits::default());
+        let cases: Vec<(Vec<u8>, Disposition)> = vec![
+            (
+                Msg::new(MessageType::Discover, MacAddr([0x81, 0x5e, 0xc0, 0, 0, 1]), YEALINK).bytes(),
+                Disposition::MacInvalid,
+            ),
+            (Msg::new(MessageType::Discover, MacAddr([0; 6]), YEALINK).bytes(), Disposition::MacInvalid),
+            (Msg::new(MessageType::Discover, mac(9), YEALINK).bytes(), Disposition::MacDenied),
+            // An OUI the Yealink class refuses, with a Yealink vendor class: MAC passes the global
+            // check (other classes take any OUI) but no class matches both.
+            (
+                Msg::new(MessageType::Discover, MacAddr([0x00, 0x04, 0xf2, 0, 0, 1]), YEALINK).bytes(),
+                Disposition::VendorClassUnknown,
+            ),
+            (Msg::new(MessageType::Discover, mac(1), b"Cisco CP-7945").bytes(), Disposition::VendorClassUnknown),
+            (
+                {
+                    let mut m = Msg::new(MessageType::Discover, mac(1), YEALINK);
+                    m.0.options = Options::new();
+                    m.0.options.set(code::MESSAGE_TYPE, vec![1]);
+                    m.bytes()
+                },
+                Disposition::VendorClassMissing,
+            ),
+            (
+                {
+                    let mut m = Msg::new(MessageType::Discover, mac(1), YEALINK);
+                    m.0.htype = 6;
+                    m.bytes()
+                },
+                Disposition::MacFormat,
+            ),
+            (
+                {
+                    let mut m = Msg::new(MessageType::Discover, mac(1), YEALINK);
+                    m.0.hlen = 8;
+                    m.bytes()
+                },
+                Disposition::MacFormat,
+            ),
+            (vec![0; 100], Disposition::Malformed),
+            (
+                Msg::new(MessageType::Discover, mac(1), YEALINK).opt(code::REQUESTED_IP, &[1, 2, 3]).bytes(),
+                Disposition::BadOption,
+            ),
+            (Msg::new(MessageType::Offer, mac(1), YEALINK).bytes(), Disposition::UnexpectedType),
+        ];
+        for (bytes, reason) in cases {
+            let before = engine.counters().get(reason);
+            let out = engine.handle(1000, &bytes);
+            assert!(out.replies.is_empty() && out.writes.is_empty(), "{reason:?}: {out:?}");
+            assert_eq!(engine.counters().get(reason), before + 1, "{reason:?}");
+            assert!(matches!(out.effects.as_slice(), [Effect::Refused { reason: r, .. }] if *r == reason));
+        }
+        assert_eq!(engine.offers_in_flight(), 0);
+        // Nothing was reserved: the first phone still gets the first address.
+        let offer = one_reply(&engine.handle(1000, &Msg::new(MessageType::Discover, mac(1), YEALINK).bytes()));
+        assert_eq!(offer.yiaddr, Ipv4Addr::new(100, 64, 16, 0));
+    }
+
+    #[test]
+    fn allow_list_and_global_oui_check() {
+        let only_yealink = &EXAMPLE[EXAMPLE.find("[[class]]").unwrap()..EXAMPLE.find("# Polycom").unwrap()];
+        let config = config_with("allow_macs = [\"80:5e:c0:00:00:01\", \"00:04:f2:00:00:01\"]", only_yealink);
+        let mut engine = Engine::new(config, &LeaseSnapshot::default(), Limits::default());
+        let out = engine.handle(0, &Msg::new(MessageType::Discover, mac(2), YEALINK).bytes());
+        assert!(matches!(out.effects.as_slice(), [Effect::Refused { reason: Disposition::MacNotAllowed, .. }]));
+        let out = engine.handle(0, &Msg::new(MessageType::Discover, MacAddr([0, 4, 0xf2, 0, 0, 1]), YEALINK).bytes());
+        assert!(matches!(out.effects.as_slice(), [Effect::Refused { reason: Disposition::MacOuiUnknown, .. }]));
+        assert_eq!(engine.handle(0, &Msg::new(MessageType::Discover, mac(1), YEALINK).bytes()).replies.len(), 1);
+    }
+
+    #[test]
+    fn renewing_rebinding_and_init_reboot() {
+        let mut engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
+        let (ack, first) = dora(&mut engine, 1000, mac(1), YEALINK);
+        let address = ack.yiaddr;
+        // RENEWING: unicast, ciaddr set, no server id -> ACK unicast to ciaddr.
+        let out = engine.handle(2800, &Msg::new(MessageType::Request, mac(1), YEALINK).ciaddr(address).bytes());
+        let renewed = one_reply(&out);
+        assert_eq!(msg_type(&renewed), MessageType::Ack as u8);
+        assert_eq!(renewed.yiaddr, address);
+        assert_eq!(out.replies[0].to, SocketAddrV4::new(address, 68));
+        assert!(!out.replies[0].broadcast);
+        assert!(matches!(
+            out.effects.as_slice(),
+            [Effect::Lease(LeaseEvent { change: LeaseChange::Renewed, until: 6400, .. })]
+        ));
+        assert!(!out.writes.iter().any(|w| matches!(w, Write::OpenHistory(_))), "a renewal keeps its history record");
+        assert!(out.writes.iter().any(|w| matches!(w, Write::PutLease(l) if l.start == 1000 && l.expiry == 6400)));
+        // Someone else renewing that address: NAK.
+        let out = engine.handle(2800, &Msg::new(MessageType::Request, mac(2), YEALINK).ciaddr(address).bytes());
+        assert_eq!(msg_type(&one_reply(&out)), MessageType::Nak as u8);
+        assert_eq!(out.replies[0].to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        // Renewal of an address no class serves: silence.
+        let out = engine
+            .handle(2800, &Msg::new(MessageType::Request, mac(1), YEALINK).ciaddr(Ipv4Addr::new(10, 0, 0, 1)).bytes());
+        assert!(out.replies.is_empty());
+
+        // Restart from the store: INIT-REBOOT of the same MAC gets the same address and block.
+        let mut restarted = Engine::new(example(), &snapshot_after(&[&first]), Limits::default());
+        let init = Msg::new(MessageType::Request, mac(1), YEALINK).requested(address);
+        let out = restarted.handle(3000, &init.bytes());
+        assert_eq!(one_reply(&out).yiaddr, address);
+        // …and a DISCOVER after restart offers it too (sticky).
+        let offer = one_reply(&restarted.handle(3000, &Msg::new(MessageType::Discover, mac(1), YEALINK).bytes()));
+        assert_eq!(offer.yiaddr, address);
+        // INIT-REBOOT for an address held by another MAC: NAK; by a stranger with no record: silence.
+        let out = restarted.handle(3000, &Msg::new(MessageType::Request, mac(2), YEALINK).requested(address).bytes());
+        assert_eq!(msg_type(&one_reply(&out)), MessageType::Nak as u8);
+        let out = restarted.handle(
+            3000,
+            &Msg::new(MessageType::Request, mac(3), YEALINK).requested(Ipv4Addr::new(100, 64, 17, 9)).bytes(),
+        );
+        assert!(out.replies.is_empty());
+        assert_eq!(restarted.counters().get(Disposition::NoRecord), 1);
+        // INIT-REBOOT into another class's network: NAK.
+        let out = restarted.handle(
+            3000,
+            &Msg::new(MessageType::Request, mac(1), YEALINK).requested(Ipv4Addr::new(100, 64, 32, 1)).bytes(),
+        );
+        assert_eq!(msg_type(&one_reply(&out)), MessageType::Nak as u8);
+    }
+
+    #[test]
+    fn selecting_another_server_withdraws_our_offer() {
+        let mut engine = Engine::new(tiny(), &LeaseSnapshot::default(), Limits::default());
+        let offer = one_reply(&engine.handle(0, &Msg::new(MessageType::Discover, mac(1), b"tiny-phone").bytes()));
+        let other = Msg::new(MessageType::Request, mac(1), b"tiny-phone")
+            .requested(offer.yiaddr)
+            .server(Ipv4Addr::new(100, 64, 0, 99));
+        let out = engine.handle(1, &other.bytes());
+        assert!(out.replies.is_empty() && out.writes.is_empty());
+        assert_eq!(engine.offers_in_flight(), 0);
+        // A REQUEST for an address we did not offer: NAK.
+        let wrong =
+            Msg::new(MessageType::Request, mac(1), b"tiny-phone").requested(Ipv4Addr::new(100, 64, 0, 5)).server(GW);
+        assert_eq!(msg_type(&one_reply(&engine.handle(2, &wrong.bytes()))), MessageType::Nak as u8);
+    }
+
+    #[test]
+    fn never_leases_network_broadcast_or_gateway_and_refuses_exhaustion() {
+        let config = tiny();
+        let mut engine = Engine::new(config.clone(), &LeaseSnapshot::default(), Limits::default());
+        let mut got = Vec::new();
+        for n in 1..=6 {
+            let (ack, _) = dora(&mut engine, 0, mac(n), b"tiny-phone");
+            got.push(ack.yiaddr.octets()[3]);
+        }
+        // 100.64.0.0 is the LAN network and 100.64.0.1 the gateway.
+        assert_eq!(got, vec![2, 3, 4, 5, 6, 7]);
+        let out = engine.handle(0, &Msg::new(MessageType::Discover, mac(7), b"tiny-phone").bytes());
+        assert!(out.replies.is_empty());
+        assert_eq!(engine.counters().get(Disposition::PoolExhausted), 1);
+        assert_eq!(engine.bound_leases(0), 6, "exhaustion never evicts");
+    }
+
+    #[test]
+    fn release_quarantines_but_the_owner_keeps_its_address() {
+        let mut engine = Engine::new(tiny(), &LeaseSnapshot::default(), Limits::default());
+        let mut addrs = Vec::new();
+        for n in 1..=6 {
+            addrs.push(dora(&mut engine, 0, mac(n), b"tiny-phone").0.yiaddr);
+        }
+        let release = Msg::new(MessageType::Release, mac(1), b"tiny-phone").ciaddr(addrs[0]).server(GW);
+        let out = engine.handle(100, &release.bytes());
+        assert!(out.replies.is_empty());
+        assert!(out.writes.contains(&Write::PutQuarantine(Quarantine {
+            class: "tiny".into(),
+            offset: 2,
+            release: 220
+        })));
+        assert!(out.writes.contains(&Write::RemoveLease { class: "tiny".into(), offset: 2 }));
+        assert!(out.writes.iter().any(|w| matches!(w, Write::CloseHistory { to: 100, .. })));
+        assert!(matches!(
+            out.effects.as_slice(),
+            [Effect::Lease(LeaseEvent { change: LeaseChange::Released, offset: 2, .. })]
+        ));
+        // A newcomer waits out the quarantine…
+        let newcomer = Msg::new(MessageType::Discover, mac(7), b"tiny-phone");
+        assert!(engine.handle(219, &newcomer.bytes()).replies.is_empty());
+        // …the owner does not.
+        assert_eq!(dora(&mut engine, 150, mac(1), b"tiny-phone").0.yiaddr, addrs[0]);
+        engine.handle(160, &release.bytes());
+        let (ack, out) = dora(&mut engine, 280, mac(7), b"tiny-phone");
+        assert_eq!(ack.yiaddr, addrs[0]);
+        assert!(out.writes.contains(&Write::RemoveBinding { class: "tiny".into(), mac: mac(1) }));
+        assert!(out.writes.contains(&Write::RemoveQuarantine { class: "tiny".into(), offset: 2 }));
+        // A RELEASE of a lease not held is ignored.
+        let out = engine.handle(300, &release.bytes());
+        assert!(out.writes.is_empty());
+        assert_eq!(engine.counters().get(Disposition::NotHeld), 1);
+    }
+
+    #[test]
+    fn decline_moves_the_phone_elsewhere() {
+        let mut engine = Engine::new(tiny(), &LeaseSnapshot::default(), Limits::default());
+        let (ack, _) = dora(&mut engine, 0, mac(1), b"tiny-phone");
+        let decline = Msg::new(MessageType::Decline, mac(1), b"tiny-phone").requested(ack.yiaddr).server(GW);
+        let out = engine.handle(5, &decline.bytes());
+        assert!(out.replies.is_empty());
+        assert!(out.writes.contains(&Write::RemoveBinding { class: "tiny".into(), mac: mac(1) }));
+        assert!(matches!(out.effects.as_slice(), [Effect::Lease(LeaseEvent { change: LeaseChange::Declined, .. })]));
+        let (again, _) = dora(&mut engine, 6, mac(1), b"tiny-phone");
+        assert_ne!(again.yiaddr, ack.yiaddr);
+    }
+
+    #[test]
+    fn sweep_expires_leases_and_offers() {
+        let mut engine = Engine::new(tiny(), &LeaseSnapshot::default(), Limits { max_offers: 1 });
+        let (ack, _) = dora(&mut engine, 0, mac(1), b"tiny-phone");
+        assert!(engine.sweep(599).writes.is_empty());
+        let out = engine.sweep(600);
+        assert!(
+            matches!(out.effects.as_slice(), [Effect::Lease(LeaseEvent { change: LeaseChange::Expired, mac: m, .. })] if *m == mac(1))
+        );
+        assert!(out.writes.contains(&Write::PutQuarantine(Quarantine {
+            class: "tiny".into(),
+            offset: 2,
+            release: 720
+        })));
+        assert_eq!(engine.bound_leases(0), 0);
+        // Offer cap: one in flight; the next DISCOVER is refused until the first lapses.
+        engine.handle(600, &Msg::new(MessageType::Discover, mac(2), b"tiny-phone").bytes());
+        let out = engine.handle(601, &Msg::new(MessageType::Discover, mac(3), b"tiny-phone").bytes());
+        assert!(matches!(out.effects.as_slice(), [Effect::Refused { reason: Disposition::OfferTableFull, .. }]));
+        // A repeat DISCOVER of the holder is still answered.
+        assert_eq!(
+            engine.handle(601, &Msg::new(MessageType::Discover, mac(2), b"tiny-phone").bytes()).replies.len(),
+            1
+        );
+        engine.sweep(612);
+        assert_eq!(engine.offers_in_flight(), 0);
+        assert_eq!(
+            engine.handle(612, &Msg::new(MessageType::Discover, mac(3), b"tiny-phone").bytes()).replies.len(),
+            1
+        );
+        // The expired owner comes back to its address (sticky) even during quarantine.
+        let (back, _) = dora(&mut engine, 630, mac(1), b"tiny-phone");
+        assert_eq!(back.yiaddr, ack.yiaddr);
+    }
+
+    #[test]
+    fn relay_gets_the_reply_with_option_82_last() {
+        let mut engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
+        let mut m =
+            Msg::new(MessageType::Discover, mac(1), YEALINK).opt(code::RELAY_AGENT_INFO, &[1, 3, b'p', b'1', b'0']);
+        m.0.giaddr = Ipv4Addr::new(100, 64, 16, 254);
+        let out = engine.handle(0, &m.bytes());
+        assert_eq!(out.replies[0].to, SocketAddrV4::new(Ipv4Addr::new(100, 64, 16, 254), 67));
+        let offer = one_reply(&out);
+        assert_eq!(offer.giaddr, Ipv4Addr::new(100, 64, 16, 254));
+        assert_eq!(offer.options.iter().last(), Some((code::RELAY_AGENT_INFO, &[1, 3, b'p', b'1', b'0'][..])));
+    }
+
+    #[test]
+    fn parameter_request_list_orders_and_max_size_limits() {
+        let mut engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
+        let m = Msg::new(MessageType::Discover, mac(1), YEALINK).opt(code::PARAMETER_REQUEST_LIST, &[6, 159, 3, 1]);
+        let offer = one_reply(&engine.handle(0, &m.bytes()));
+        let codes: Vec<u8> = offer.options.iter().map(|(c, _)| c).collect();
+        assert_eq!(&codes[..9], &[53, 54, 51, 58, 59, 6, 159, 3, 1]);
+        // A huge option-43-free reply still fits 576 bytes; the wire limit is honoured.
+        let small = Msg::new(MessageType::Discover, mac(2), YEALINK).opt(code::MAX_MESSAGE_SIZE, &576u16.to_be_bytes());
+        let out = engine.handle(0, &small.bytes());
+        assert!(out.replies[0].bytes.len() <= 548);
+    }
+
+    #[test]
+    fn inform_and_vendor_port_option() {
+        let config = example();
+        let mut engine = Engine::new(config.clone(), &LeaseSnapshot::default(), Limits::default());
+        let (ack, _) = dora(&mut engine, 0, mac(1), POLYCOM);
+        let polycom = &config.classes[1];
+        assert!(polycom.lan_pool.contains(&ack.yiaddr));
+        let block = polycom.port_block_of(ack.yiaddr).unwrap();
+        assert_eq!(ack.options.get(code::VENDOR_SPECIFIC), Some(vendor_port_payload(&block).as_slice()));
+        let v = vendor_port_payload(&block);
+        assert_eq!(
+            &v[..6],
+            &[
+                1,
+                4,
+                block.public_ip.octets()[0],
+                block.public_ip.octets()[1],
+                block.public_ip.octets()[2],
+                block.public_ip.octets()[3]
+            ]
+        );
+        assert_eq!(
+            &v[6..],
+            &[
+                2,
+                2,
+                (block.port_lo >> 8) as u8,
+                block.port_lo as u8,
+                3,
+                2,
+                (block.port_hi >> 8) as u8,
+                block.port_hi as u8
+            ]
+        );
+
+        let inform = Msg::new(MessageType::Inform, mac(1), POLYCOM).ciaddr(ack.yiaddr);
+        let out = engine.handle(10, &inform.bytes());
+        assert!(out.writes.is_empty());
+        assert_eq!(out.replies[0].to, SocketAddrV4::new(ack.yiaddr, 68));
+        let reply = one_reply(&out);
+        assert_eq!(msg_type(&reply), MessageType::Ack as u8);
+        assert_eq!(reply.yiaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(reply.ciaddr, ack.yiaddr);
+        assert_eq!(reply.options.get(code::LEASE_TIME), None);
+        assert_eq!(reply.options.get(code::BOOT_FILE), Some(&b"polycom/vvx.sip.ld"[..]));
+    }
+
+    /// A client message from a small alphabet of plausible values, so that properties reach deep.
+    fn plausible() -> impl Strategy<Value = Vec<u8>> {
+        (
+            1u8..=8,
+            0u8..4,
+            prop::sample::select(vec![&b"Yealink SIP-T54W"[..], POLYCOM, b"dialtone-phone", b"x"]),
+            prop::option::of(0u32..40),
+            prop::option::of(0u32..40),
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..8),
+            prop::option::of(0u16..2000),
+            any::<bool>(),
+        )
+            .prop_map(|(kind, m, vendor, requested, ciaddr, server, prl, max, relay)| {
+                let base = Ipv4Addr::new(100, 64, 16, 0);
+                let at = |o: u32| Ipv4Addr::from(u32::from(base) + o);
+                let kind = MessageType::from_wire(kind).unwrap_or(MessageType::Discover);
+                let mut msg = Msg::new(kind, MacAddr([0x80, 0x5e, 0xc0, 0, 0, m]), vendor)
+                    .opt(code::PARAMETER_REQUEST_LIST, &prl);
+                if let Some(r) = requested {
+                    msg = msg.requested(at(r));
+                }
+                if let Some(c) = ciaddr {
+                    msg = msg.ciaddr(at(c));
+                }
+                if server {
+                    msg = msg.server(GW);
+                }
+                if let Some(max) = max {
+                    msg = msg.opt(code::MAX_MESSAGE_SIZE, &max.to_be_bytes());
+                }
+                if relay {
+                    msg.0.giaddr = Ipv4Addr::new(100, 64, 16, 254);
+                    msg = msg.opt(code::RELAY_AGENT_INFO, &[1, 2, 0xab, 0xcd]);
+                }
+                msg.bytes()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_bytes_never_panic_the_engine(datagrams in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..600), 1..8)) {
+            let mut engine = Engine::new(example(), &LeaseSnapshot::default(), Limits { max_offers: 4 });
+            for (i, d) in datagrams.iter().enumerate() {
+                let out = engine.handle(i as u64, d);
+                for r in &out.replies {
+                    prop_assert!(Message::decode(&r.bytes).is_ok());
+                }
+            }
+        }
+
+        /// Any accepted sequence: every reply decodes, every ACK's option 159 is exactly the
+        /// block of its address, and no two MACs hold the same address.
+        #[test]
+        fn replies_decode_and_blocks_match(messages in prop::collection::vec(plausible(), 1..40), steps in prop::collection::vec(0u64..400, 40)) {
+            let config = example();
+            let mut engine = Engine::new(config.clone(), &LeaseSnapshot::default(), Limits { max_offers: 8 });
+            let mut now = 0;
+            let mut holders: std::collections::HashMap<Ipv4Addr, MacAddr> = Default::default();
+            for (bytes, step) in messages.iter().zip(steps) {
+                now += step;
+                let mut out = engine.handle(now, bytes);
+                let swept = engine.sweep(now);
+                out.effects.extend(swept.effects);
+                for r in &out.replies {
+                    let reply = Message::decode(&r.bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert!(r.bytes.len() >= wire::MIN_BOOTP_LEN);
+                    if reply.options.get(code::MESSAGE_TYPE) == Some(&[MessageType::Ack as u8][..]) && !reply.yiaddr.is_unspecified() {
+                        let (_, class) = config.class_of_address(reply.yiaddr).unwrap();
+                        let block = class.port_block_of(reply.yiaddr).unwrap();
+                        let payload = reply.options.get(class.port_option.unwrap()).unwrap();
+                        prop_assert_eq!(decode_option159(payload), Ok((block.port_lo, block.port_hi)));
+                        prop_assert_eq!(payload, &block.option159_payload()[..]);
+                    }
+                }
+                for e in &out.effects {
+                    if let Effect::Lease(ev) = e {
+                        match ev.change {
+                            LeaseChange::Granted | LeaseChange::Renewed => {
+                                if let Some(other) = holders.insert(ev.address, ev.mac) {
+                                    prop_assert_eq!(other, ev.mac, "two MACs on one address");
+                                }
+                            }
+                            _ => {
+                                holders.remove(&ev.address);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
