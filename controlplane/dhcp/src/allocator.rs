@@ -275,13 +275,14 @@ impl Pool {
     }
 
     /// Declined: the address is in use by someone else. Drops the lease and the binding and
-    /// quarantines the address; returns the quarantine end.
-    pub fn decline(&mut self, offset: u32, now: UnixSecs) -> UnixSecs {
+    /// quarantines the address; returns the quarantine end and the MAC whose binding was dropped.
+    pub fn decline(&mut self, offset: u32, now: UnixSecs) -> (UnixSecs, Option<MacAddr>) {
         let until = self.unbind(offset, now);
-        if let Some(mac) = self.bound_mac.remove(&offset) {
+        let unbound = self.bound_mac.remove(&offset);
+        if let Some(mac) = unbound {
             self.binding.remove(&mac);
         }
-        until
+        (until, unbound)
     }
 
     fn quarantine(&mut self, offset: u32, until: UnixSecs) {
@@ -392,7 +393,7 @@ mod tests {
         let mut pool = Pool::new(3, [], 120);
         let a = pool.pick(mac(1), 0).unwrap().offset;
         pool.bind(a, mac(1), 0, 3600, None);
-        assert_eq!(pool.decline(a, 10), 130);
+        assert_eq!(pool.decline(a, 10), (130, Some(mac(1))));
         assert_eq!(pool.binding_of(mac(1)), None);
         let next = pool.pick(mac(1), 11).unwrap().offset;
         assert_ne!(next, a);

@@ -680,13 +680,13 @@ impl Engine {
             return;
         };
         let class_name = self.config.classes[class].name.clone();
-        let until = match change {
+        let (until, unbound) = match change {
             LeaseChange::Declined => self.pools[class].decline(offset, now),
-            _ => self.pools[class].unbind(offset, now),
+            _ => (self.pools[class].unbind(offset, now), None),
         };
         out.writes.push(Write::RemoveLease { class: class_name.clone(), offset });
-        if change == LeaseChange::Declined {
-            out.writes.push(Write::RemoveBinding { class: class_name.clone(), mac });
+        if let Some(unbound) = unbound {
+            out.writes.push(Write::RemoveBinding { class: class_name.clone(), mac: unbound });
         }
         out.writes.push(Write::PutQuarantine(Quarantine { class: class_name, offset, release: until }));
         if let Some((block, address)) = self.block_of(class, offset) {
@@ -734,7 +734,10 @@ impl Engine {
             self.forget_offer(class, offset);
             self.pools[class].drop_offer(offset, request.mac);
             let class_name = self.config.classes[class].name.clone();
-            let until = self.pools[class].decline(offset, now);
+            let (until, unbound) = self.pools[class].decline(offset, now);
+            if let Some(unbound) = unbound {
+                out.writes.push(Write::RemoveBinding { class: class_name.clone(), mac: unbound });
+            }
             out.writes.push(Write::PutQuarantine(Quarantine { class: class_name, offset, release: until }));
             return;
         }
@@ -1272,6 +1275,14 @@ tftp_root = "/tmp"
         assert!(matches!(out.effects.as_slice(), [Effect::Lease(LeaseEvent { change: LeaseChange::Declined, .. })]));
         let (again, _) = dora(&mut engine, 6, mac(1), b"tiny-phone");
         assert_ne!(again.yiaddr, ack.yiaddr);
+        // Declining an offer (before any ACK) also quarantines it and moves on.
+        let offer = one_reply(&engine.handle(7, &Msg::new(MessageType::Discover, mac(2), b"tiny-phone").bytes()));
+        let decline = Msg::new(MessageType::Decline, mac(2), b"tiny-phone").requested(offer.yiaddr);
+        let out = engine.handle(8, &decline.bytes());
+        assert!(out.writes.iter().any(|w| matches!(w, Write::PutQuarantine(q) if q.release == 128)));
+        assert_eq!(engine.offers_in_flight(), 0);
+        let next = one_reply(&engine.handle(9, &Msg::new(MessageType::Discover, mac(2), b"tiny-phone").bytes()));
+        assert_ne!(next.yiaddr, offer.yiaddr);
     }
 
     #[test]
