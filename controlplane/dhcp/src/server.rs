@@ -1,0 +1,328 @@
+//! The DHCP server shell: the only part of this crate that does I/O.
+//!
+//! One blocking thread owns the [`Engine`]: it receives a datagram, reads the clock, calls
+//! [`Engine::handle`], and dispatches the [`Output`]. Replies that need no write go out at once
+//! (OFFER, NAK, INFORM ACK). Replies whose lease must be durable (ACK) are handed with their writes
+//! to the [`GroupCommitter`]; its thread sends them, and publishes the lease events, only once the
+//! commit that carried them returned — so many ACKs share one fsync and none precedes its lease
+//! (claims 001: 10, 25, 40). The same thread runs the expiry sweep every `sweep_every`.
+//!
+//! If a commit fails, its replies are withheld (the clients retry) and an error is logged; the
+//! engine's memory already holds the lease, so the retry is answered as a renewal and re-writes
+//! the lease record.
+
+use std::io;
+use std::net::{SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dialtone_store::{GroupCommitter, UnixSecs};
+
+use crate::engine::{Counters, Effect, Engine, LeaseEvent, Output, Reply};
+
+/// Where datagrams come from and go to.
+pub trait Transport: Send + Sync + 'static {
+    /// Receives one datagram into `buf`; `Ok(None)` when the read timed out.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// Sends `bytes` to `to`.
+    fn send(&self, bytes: &[u8], to: SocketAddrV4) -> io::Result<()>;
+}
+
+/// A UDP socket on the server port, optionally bound to one interface.
+#[derive(Debug)]
+pub struct UdpTransport {
+    socket: UdpSocket,
+}
+
+impl UdpTransport {
+    /// Binds `addr` (normally `0.0.0.0:67`), restricted to `interface` when given
+    /// (SO_BINDTODEVICE), with broadcast allowed and a read timeout so the loop can sweep and stop.
+    pub fn bind(addr: SocketAddrV4, interface: Option<&str>, read_timeout: Duration) -> io::Result<Self> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_broadcast(true)?;
+        if let Some(interface) = interface {
+            socket.bind_device(Some(interface.as_bytes()))?;
+        }
+        socket.set_read_timeout(Some(read_timeout.max(Duration::from_millis(1))))?;
+        socket.bind(&std::net::SocketAddr::V4(addr).into())?;
+        Ok(Self { socket: socket.into() })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.socket.local_addr()
+    }
+}
+
+impl Transport for UdpTransport {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.socket.recv_from(buf) {
+            Ok((n, _)) => Ok(Some(n)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    fn send(&self, bytes: &[u8], to: SocketAddrV4) -> io::Result<()> {
+        self.socket.send_to(bytes, to).map(|_| ())
+    }
+}
+
+/// Receives lease events (the dataplane's channel, metrics); called after durability.
+pub type LeaseSink = Arc<dyn Fn(LeaseEvent) + Send + Sync>;
+/// The clock, in seconds since the UNIX epoch (injected so tests run in virtual time).
+pub type Clock = Arc<dyn Fn() -> UnixSecs + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// A running server thread.
+#[derive(Debug)]
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<Mutex<Counters>>,
+}
+
+impl Server {
+    /// Starts the server loop on its own thread.
+    pub fn spawn<T: Transport>(
+        mut engine: Engine,
+        transport: Arc<T>,
+        committer: Arc<GroupCommitter>,
+        leases: LeaseSink,
+        clock: Clock,
+        sweep_every: Duration,
+    ) -> io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Mutex::new(engine.counters().clone()));
+        let (thread_stop, thread_counters) = (Arc::clone(&stop), Arc::clone(&counters));
+        let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            let mut next_sweep = Instant::now() + sweep_every;
+            while !thread_stop.load(Ordering::Relaxed) {
+                let received = transport.recv(&mut buf);
+                let now = clock();
+                match received {
+                    Ok(Some(n)) => {
+                        let out = engine.handle(now, buf.get(..n).unwrap_or(&[]));
+                        dispatch(out, &transport, &committer, &leases);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "dhcp: receive failed"),
+                }
+                if Instant::now() >= next_sweep {
+                    next_sweep = Instant::now() + sweep_every;
+                    dispatch(engine.sweep(now), &transport, &committer, &leases);
+                }
+                if let Ok(mut c) = thread_counters.lock() {
+                    c.clone_from(engine.counters());
+                }
+            }
+        })?;
+        Ok(Self { stop, thread: Some(thread), counters })
+    }
+
+    /// The engine's counters as of its last datagram.
+    pub fn counters(&self) -> Option<Counters> {
+        self.counters.lock().ok().map(|c| c.clone())
+    }
+
+    /// Stops the loop (within one read timeout) and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("dhcp server thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn send_all<T: Transport>(transport: &T, replies: &[Reply]) {
+    for reply in replies {
+        if let Err(e) = transport.send(&reply.bytes, reply.to) {
+            tracing::warn!(error = %e, to = %reply.to, "dhcp: send failed");
+        }
+    }
+}
+
+fn publish(leases: &LeaseSink, effects: Vec<Effect>) {
+    for effect in effects {
+        if let Effect::Lease(event) = effect {
+            leases(event);
+        }
+    }
+}
+
+/// Sends at once what needs no write; otherwise after the commit carrying the writes.
+fn dispatch<T: Transport>(out: Output, transport: &Arc<T>, committer: &GroupCommitter, leases: &LeaseSink) {
+    let Output { replies, effects, writes } = out;
+    if writes.is_empty() {
+        send_all(&**transport, &replies);
+        publish(leases, effects);
+        return;
+    }
+    let (transport, leases) = (Arc::clone(transport), Arc::clone(leases));
+    committer.submit(
+        writes,
+        Box::new(move |result| match result {
+            Ok(()) => {
+                send_all(&*transport, &replies);
+                publish(&leases, effects);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, withheld = replies.len(), "dhcp: lease not durable, replies withheld");
+            }
+        }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tests::{example, mac, Msg, YEALINK};
+    use crate::engine::{Limits, MessageType};
+    use crate::wire::{code, Message};
+    use dialtone_store::{HistoryRecord, LeaseSnapshot, MemoryStore, Store, StoreError, Write};
+    use std::collections::VecDeque;
+    use std::net::Ipv4Addr;
+    use std::sync::mpsc;
+
+    /// A transport fed from a queue, recording what is sent and whether the addressee's lease
+    /// was already in the store at that moment.
+    struct Fake {
+        inbox: Mutex<VecDeque<Vec<u8>>>,
+        sent: Mutex<Vec<(Vec<u8>, bool)>>,
+        store: Arc<MemoryStore>,
+    }
+
+    impl Transport for Fake {
+        fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+            let next = self.inbox.lock().unwrap().pop_front();
+            match next {
+                Some(d) => {
+                    buf[..d.len()].copy_from_slice(&d);
+                    Ok(Some(d.len()))
+                }
+                None => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    Ok(None)
+                }
+            }
+        }
+        fn send(&self, bytes: &[u8], _to: SocketAddrV4) -> io::Result<()> {
+            let chaddr = Message::decode(bytes).unwrap().chaddr;
+            let durable = self.store.snapshot().unwrap().leases.iter().any(|l| l.mac.0 == chaddr[..6]);
+            self.sent.lock().unwrap().push((bytes.to_vec(), durable));
+            Ok(())
+        }
+    }
+
+    /// Slows commits down so an ACK sent too early would be caught.
+    struct SlowStore(Arc<MemoryStore>);
+    impl Store for SlowStore {
+        fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+            std::thread::sleep(Duration::from_millis(20));
+            self.0.apply(writes)
+        }
+        fn snapshot(&self) -> Result<LeaseSnapshot, StoreError> {
+            self.0.snapshot()
+        }
+        fn who_held(&self, ip: Ipv4Addr, port: u16, at: u64) -> Result<Vec<HistoryRecord>, StoreError> {
+            self.0.who_held(ip, port, at)
+        }
+        fn prune_history(&self, before: u64) -> Result<usize, StoreError> {
+            self.0.prune_history(before)
+        }
+    }
+
+    #[test]
+    fn acks_leave_only_after_their_lease_is_durable() {
+        let memory = Arc::new(MemoryStore::new());
+        let fake =
+            Arc::new(Fake { inbox: Mutex::new(VecDeque::new()), sent: Mutex::new(Vec::new()), store: memory.clone() });
+        let committer = Arc::new(
+            GroupCommitter::start(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024, 64).unwrap(),
+        );
+        let (events_tx, events_rx) = mpsc::channel();
+        let events_tx = Mutex::new(events_tx);
+        let sink: LeaseSink = Arc::new(move |e| {
+            let _ = events_tx.lock().unwrap().send(e);
+        });
+        let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
+        let server =
+            Server::spawn(engine, fake.clone(), committer, sink, Arc::new(|| 1000), Duration::from_secs(3600)).unwrap();
+
+        // Three phones: DISCOVERs first, then REQUESTs for what each was offered.
+        for n in 1..=3 {
+            fake.inbox.lock().unwrap().push_back(Msg::new(MessageType::Discover, mac(n), YEALINK).bytes());
+        }
+        let offers = wait_for(&fake, 3);
+        for (bytes, durable) in &offers {
+            let offer = Message::decode(bytes).unwrap();
+            assert!(!durable, "offers need no durable write");
+            let n = offer.chaddr[5];
+            let req = Msg::new(MessageType::Request, mac(n), YEALINK)
+                .requested(offer.yiaddr)
+                .server(Ipv4Addr::new(100, 64, 0, 1));
+            fake.inbox.lock().unwrap().push_back(req.bytes());
+        }
+        let all = wait_for(&fake, 6);
+        let mut acks = 0;
+        for (bytes, durable) in &all[3..] {
+            let ack = Message::decode(bytes).unwrap();
+            assert_eq!(ack.options.get(code::MESSAGE_TYPE), Some(&[MessageType::Ack as u8][..]));
+            let lease = memory.snapshot().unwrap().leases.into_iter().find(|l| l.mac.0[5] == ack.chaddr[5]).unwrap();
+            assert!(*durable, "an ACK left before its lease was durable");
+            assert_eq!(Ipv4Addr::new(100, 64, 16, 0).to_bits() + lease.offset, ack.yiaddr.to_bits());
+            acks += 1;
+        }
+        assert_eq!(acks, 3);
+        let events: Vec<_> = (0..3).map(|_| events_rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(events.len(), 3);
+        server.stop();
+    }
+
+    fn wait_for(fake: &Fake, n: usize) -> Vec<(Vec<u8>, bool)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let sent = fake.sent.lock().unwrap().clone();
+            if sent.len() >= n || Instant::now() > deadline {
+                assert!(sent.len() >= n, "only {} of {n} replies", sent.len());
+                return sent;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn udp_transport_round_trip_on_loopback() {
+        let server =
+            UdpTransport::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), None, Duration::from_millis(50)).unwrap();
+        let std::net::SocketAddr::V4(addr) = server.local_addr().unwrap() else { panic!("IPv4 bound") };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"hello", addr).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(server.recv(&mut buf).unwrap(), Some(5));
+        assert_eq!(server.recv(&mut buf).unwrap(), None, "timeout reads as None");
+        let std::net::SocketAddr::V4(back) = client.local_addr().unwrap() else { panic!("IPv4 bound") };
+        server.send(b"world", back).unwrap();
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"world");
+    }
+}
