@@ -35,6 +35,26 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List current leases with their public address and port block (asks the running gateway's
+    /// management API named in the configuration).
+    Leases {
+        /// Only this phone's leases.
+        mac: Option<String>,
+        /// Configuration file of the running gateway (management address and token).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Who held a public address and port, now or at a past time (from lease history).
+    Whois {
+        /// PUBLIC_IP:PORT, e.g. 198.51.100.7:41022.
+        addr: String,
+        /// When (RFC 3339, e.g. 2026-11-21T10:04:00Z); now by default.
+        #[arg(long)]
+        at: Option<String>,
+        /// Configuration file of the running gateway (management address and token).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +62,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run { config } => run(&config),
+        Command::Leases { mac, config } => {
+            let path = mac.map_or_else(|| "/v1/leases".to_owned(), |m| format!("/v1/leases/{}", encode(&m)));
+            ask_management(&config, &path)
+        }
+        Command::Whois { addr, at, config } => {
+            let at = at.map_or(String::new(), |t| format!("&at={}", encode(&t)));
+            ask_management(&config, &format!("/v1/whois?addr={}{at}", encode(&addr)))
+        }
     };
     match result {
         Ok(code) => code,
@@ -97,6 +125,33 @@ fn run(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     gateway.stop();
     tracing::info!("dialtone stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encodes a query or path value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Sends a GET to the management API of the gateway that runs `config`; prints the answer.
+fn ask_management(config: &std::path::Path, path: &str) -> anyhow::Result<ExitCode> {
+    let loaded = match load(config, CpuPolicy::Ignore) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let management = &loaded.config.management;
+    let token = dialtone_daemon::read_token(&management.token)?;
+    let (status, body) = dialtone_http::get(management.listen, path, Some(&token), std::time::Duration::from_secs(10))
+        .with_context(|| format!("asking the management API at {}", management.listen))?;
+    print!("{body}");
+    Ok(if status == 200 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn init_logging(logging: &dialtone_config::Logging) -> anyhow::Result<()> {

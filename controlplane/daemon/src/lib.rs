@@ -7,13 +7,19 @@
 //! error says which one and why.
 #![forbid(unsafe_code)]
 
-use std::net::TcpListener;
+mod management;
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dialtone_config::{Config, TokenSource};
 use dialtone_http::{Limits, Server};
 use dialtone_preprov::{RedbRegistry, Registry, Service, ServiceSettings};
+use dialtone_store::{GroupCommitter, RedbStore, Store};
+
+pub use management::{Management, MetricSources};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,13 +97,69 @@ fn bind(service: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener
 #[derive(Debug)]
 pub struct Gateway {
     servers: Vec<(&'static str, Server)>,
+    dhcp: Option<dialtone_dhcp::server::Server>,
+    committer: Option<Arc<GroupCommitter>>,
+}
+
+fn service_error(service: &'static str) -> impl Fn(String) -> StartError {
+    move |reason| StartError::Service { service, reason }
 }
 
 impl Gateway {
     /// Starts every enabled service of `config`.
     pub fn start(config: &Config) -> Result<Self, StartError> {
         let db = open_database(config)?;
-        let mut gateway = Gateway { servers: Vec::new() };
+        let mut gateway = Gateway { servers: Vec::new(), dhcp: None, committer: None };
+        let shared_config = Arc::new(config.clone());
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::from_database(Arc::clone(&db)).map_err(|e| service_error("store")(e.to_string()))?);
+        let mut metrics = MetricSources::default();
+
+        // DHCP: the engine resumes from the durable leases; ACKs leave only once their lease is
+        // durable (group commit, claims 001: 10, 25, 40).
+        if config.dhcp.enabled {
+            let snapshot = store.snapshot().map_err(|e| service_error("dhcp")(e.to_string()))?;
+            let engine = dialtone_dhcp::Engine::new(config.clone(), &snapshot, dialtone_dhcp::Limits::default());
+            let committer = Arc::new(
+                GroupCommitter::start(
+                    Arc::clone(&store),
+                    config.store.group_commit_wait,
+                    usize::try_from(config.store.group_commit_max).unwrap_or(1024),
+                    4096,
+                )
+                .map_err(|e| service_error("store")(e.to_string()))?,
+            );
+            let transport = dialtone_dhcp::server::UdpTransport::bind(
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67),
+                Some(&config.lan.interface),
+                Duration::from_millis(100),
+            )
+            .map_err(|e| service_error("dhcp")(format!("binding UDP 67 on {}: {e}", config.lan.interface)))?;
+            let leases: dialtone_dhcp::server::LeaseSink = Arc::new(|event: dialtone_dhcp::LeaseEvent| {
+                tracing::info!(
+                    change = ?event.change,
+                    mac = %event.mac,
+                    address = %event.address,
+                    public = %event.block.public_ip,
+                    ports = %format!("{}-{}", event.block.port_lo, event.block.port_hi),
+                    "lease"
+                );
+            });
+            let server = dialtone_dhcp::server::Server::spawn(
+                engine,
+                Arc::new(transport),
+                Arc::clone(&committer),
+                leases,
+                dialtone_dhcp::server::system_clock(),
+                config.dhcp.expiry_sweep,
+            )
+            .map_err(|e| service_error("dhcp")(e.to_string()))?;
+            metrics.dhcp = Some(server.counters_handle());
+            metrics.committer = Some(Arc::clone(&committer));
+            gateway.dhcp = Some(server);
+            gateway.committer = Some(committer);
+            tracing::info!(interface = %config.lan.interface, "dhcp server started");
+        }
 
         if config.preprov.enabled || config.provisioning.enabled {
             let registry: Arc<dyn Registry> = Arc::new(
@@ -115,6 +177,7 @@ impl Gateway {
                     class_parameters: config.classes.iter().map(|c| (c.name.clone(), c.parameters.clone())).collect(),
                 },
             ));
+            metrics.preprov = Some(service.counters());
             let p = &config.preprov;
             let limits = Limits {
                 threads: usize::try_from(p.threads).unwrap_or(4),
@@ -152,6 +215,17 @@ impl Gateway {
                 gateway.servers.push(("provisioning", server));
             }
         }
+        let token = read_token(&config.management.token)?;
+        let management = Management::new(token, shared_config, Arc::clone(&store), metrics);
+        let server = Server::start(
+            "manage",
+            bind("management", config.management.listen)?,
+            Limits { threads: 1, max_connections: 64, ..Limits::default() },
+            Arc::new(management),
+        )
+        .map_err(|e| service_error("management")(e.to_string()))?;
+        tracing::info!(listen = %server.local_addr(), "management api started");
+        gateway.servers.push(("management", server));
         Ok(gateway)
     }
 
@@ -161,5 +235,11 @@ impl Gateway {
             server.stop();
             tracing::info!(service = name, "stopped");
         }
+        if let Some(dhcp) = self.dhcp.take() {
+            dhcp.stop();
+            tracing::info!(service = "dhcp", "stopped");
+        }
+        // Dropping the last reference commits what is queued, then ends the committer thread.
+        self.committer.take();
     }
 }

@@ -127,6 +127,11 @@ impl Server {
         Ok(Self { stop, thread: Some(thread), counters })
     }
 
+    /// The live counters, updated after every datagram (for `/metrics`).
+    pub fn counters_handle(&self) -> Arc<Mutex<Counters>> {
+        Arc::clone(&self.counters)
+    }
+
     /// The engine's counters as of its last datagram.
     pub fn counters(&self) -> Option<Counters> {
         self.counters.lock().ok().map(|c| c.clone())

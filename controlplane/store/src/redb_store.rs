@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -20,7 +21,7 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 
 /// A [`Store`] in a redb database file.
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -32,7 +33,12 @@ impl std::fmt::Debug for RedbStore {
 impl RedbStore {
     /// Opens the database at `path`, creating it (and its tables) if needed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
+        Self::from_database(Arc::new(Database::create(path).map_err(db_err)?))
+    }
+
+    /// Uses an open database (shared with the other services that keep state in the same file),
+    /// creating the lease tables if needed.
+    pub fn from_database(db: Arc<Database>) -> Result<Self, StoreError> {
         let mut txn = db.begin_write().map_err(db_err)?;
         txn.set_durability(Durability::Immediate).map_err(db_err)?;
         {
