@@ -140,7 +140,7 @@ fn refuse(why: Refusal) -> Disposition {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::{BTreeMap, HashMap};
     use std::path::PathBuf;

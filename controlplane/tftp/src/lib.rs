@@ -23,9 +23,11 @@ pub mod engine;
 pub mod metrics;
 pub mod options;
 pub mod packet;
+pub mod server;
 pub mod transfer;
 
 pub use content::{ClientDirectory, ClientInfo, Refusal};
 pub use engine::{Disposition, Engine};
 pub use metrics::TftpMetrics;
+pub use server::{spawn, ServerHandle};
 pub use transfer::{FailReason, Outcome, ReadTransfer};
