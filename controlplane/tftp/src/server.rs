@@ -74,8 +74,33 @@ impl ServerHandle {
     }
 }
 
+/// Raises the soft open-file limit (often 1024 under systemd) so that `max_transfers` transfers,
+/// each holding a socket and a file, fit; never above the hard limit. Returns the soft limit now.
+fn raise_open_file_limit(needed: u64) -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current?;
+    if current >= needed {
+        return Some(current);
+    }
+    let target = limit.maximum.map_or(needed, |max| needed.min(max));
+    match setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: limit.maximum }) {
+        Ok(()) => Some(target),
+        Err(_) => Some(current),
+    }
+}
+
 /// Binds the listening socket and starts `tftp.threads` workers.
 pub fn spawn(engine: Arc<Engine>, metrics: Arc<TftpMetrics>) -> io::Result<ServerHandle> {
+    let needed = 2 * u64::from(engine.config().max_transfers) + 256;
+    match raise_open_file_limit(needed) {
+        Some(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "tftp: open-file limit too low for tftp.max_transfers; requests past it get a busy error"
+        ),
+        _ => {}
+    }
     let listen = engine.config().listen;
     let socket =
         socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
@@ -618,6 +643,16 @@ mod tests {
         assert_eq!(metrics.transfers_failed[crate::FailReason::Timeout as usize].load(Ordering::Relaxed), 2);
         assert_eq!(metrics.refused[crate::Refusal::Busy as usize].load(Ordering::Relaxed), 1);
         server.shutdown();
+    }
+
+    #[test]
+    fn open_file_limit_is_raised_up_to_the_hard_limit() {
+        use rustix::process::{getrlimit, Resource};
+        let before = getrlimit(Resource::Nofile);
+        let soft = before.current.expect("finite soft limit");
+        let want = before.maximum.map_or(soft + 1, |hard| hard.min(soft + 1));
+        assert_eq!(raise_open_file_limit(want), Some(want));
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(want));
     }
 
     #[test]
