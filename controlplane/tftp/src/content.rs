@@ -72,11 +72,30 @@ pub enum Refusal {
     OtherPhone,
     /// The address is in no class's LAN pool and holds no lease.
     UnknownClient,
+    /// A netascii request for a file larger than [`NETASCII_MAX_BYTES`].
+    NetasciiTooLarge,
+}
+
+/// Largest file served in netascii mode. The conversion is done in memory, so this bounds the
+/// memory a netascii transfer can hold; phones fetch firmware and configs in octet mode.
+pub const NETASCII_MAX_BYTES: u64 = 64 * 1024;
+
+/// RFC 1350 / RFC 764 netascii: LF becomes CR LF and a bare CR becomes CR NUL.
+pub fn to_netascii(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 16);
+    for &b in bytes {
+        match b {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Malformed,
         Self::MailMode,
         Self::WriteRefused,
@@ -88,6 +107,7 @@ impl Refusal {
         Self::NoLease,
         Self::OtherPhone,
         Self::UnknownClient,
+        Self::NetasciiTooLarge,
     ];
 
     /// Counter label.
@@ -104,6 +124,7 @@ impl Refusal {
             Self::NoLease => "no_lease",
             Self::OtherPhone => "other_phone",
             Self::UnknownClient => "unknown_client",
+            Self::NetasciiTooLarge => "netascii_too_large",
         }
     }
 
@@ -112,7 +133,7 @@ impl Refusal {
         match self {
             Self::Malformed | Self::MailMode => ErrorCode::IllegalOperation,
             Self::BadOption => ErrorCode::OptionRefused,
-            Self::Busy => ErrorCode::Undefined,
+            Self::Busy | Self::NetasciiTooLarge => ErrorCode::Undefined,
             Self::NotFound => ErrorCode::FileNotFound,
             Self::WriteRefused
             | Self::PathEscape
@@ -137,6 +158,7 @@ impl Refusal {
             Self::NoLease => "no lease for this address",
             Self::OtherPhone => "not this phone's file",
             Self::UnknownClient => "unknown client",
+            Self::NetasciiTooLarge => "file too large for netascii mode, use octet",
         }
     }
 }
@@ -302,6 +324,12 @@ mod tests {
         assert_eq!(match_pattern("{mac}/{mac}.cfg", "805ec0a1b2c3/805ec0a1b2c4.cfg"), None);
         assert_eq!(match_pattern("phone.cfg", "phone.cfg"), Some(None));
         assert_eq!(match_pattern("{mac}.cfg", "ü05ec0a1b2c3.cfg"), None);
+    }
+
+    #[test]
+    fn netascii_conversion() {
+        assert_eq!(to_netascii(b"a\nb\rc\r\n"), b"a\r\nb\r\0c\r\0\r\n");
+        assert_eq!(to_netascii(b""), b"");
     }
 
     #[test]

@@ -108,7 +108,19 @@ impl Engine {
         Ok(Box::new(content::open_confined(root, name)?))
     }
 
-    fn start(&self, from: SocketAddr, request: &Request, content: Box<dyn Content>) -> Disposition {
+    fn start(&self, from: SocketAddr, request: &Request, mut content: Box<dyn Content>) -> Disposition {
+        if request.mode == Mode::Netascii {
+            // Converted in memory (bounded); tsize then reports the converted length.
+            let size = content.size();
+            if size > content::NETASCII_MAX_BYTES {
+                return refuse(Refusal::NetasciiTooLarge);
+            }
+            let mut raw = vec![0; usize::try_from(size).unwrap_or(0)];
+            match content.read_at(0, &mut raw) {
+                Ok(n) if n == raw.len() => content = Box::new(content::to_netascii(&raw)),
+                _ => return refuse(Refusal::NotRegular),
+            }
+        }
         let limits = Limits {
             max_blksize: u16::try_from(self.tftp.max_blksize).unwrap_or(options::MAX_BLKSIZE),
             max_windowsize: u16::try_from(self.tftp.max_windowsize).unwrap_or(u16::MAX),
@@ -333,6 +345,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn netascii_request_gets_crlf_lines() {
+        let scratch = Scratch::new("netascii");
+        let e = engine(&scratch);
+        let mut bytes = Vec::new();
+        Packet::Rrq(Request { filename: "805ec0a1b2c3.cfg".into(), mode: Mode::Netascii, options: vec![] })
+            .emit(&mut bytes);
+        let Disposition::Start(t, _) = e.handle_request(from(PHONE_IP), &bytes, 0) else { panic!("refused") };
+        let text = String::from_utf8(fetch(t)).expect("text");
+        assert!(text.contains("\r\nmac = 805ec0a1b2c3\r\n"), "{text:?}");
+        assert!(!text.replace("\r\n", "").contains('\n'), "{text:?}");
+    }
+
+    #[test]
     fn virtual_file_refused_without_lease_or_for_another_phone() {
         let scratch = Scratch::new("virtual-refused");
         let e = engine(&scratch);
@@ -371,6 +396,10 @@ pub(crate) mod tests {
         ));
         assert_eq!(refusal(e.handle_request(from(PHONE_IP), b"\x00\x01x", 0)).1, ErrorCode::IllegalOperation);
         assert!(matches!(e.handle_request(from(PHONE_IP), b"\x00\x04\x00\x01", 0), Disposition::Ignore));
+        let mut netascii = Vec::new();
+        Packet::Rrq(Request { filename: "yealink/t5.rom".into(), mode: Mode::Netascii, options: vec![] })
+            .emit(&mut netascii);
+        assert_eq!(refusal(e.handle_request(from(PHONE_IP), &netascii, 0)).0, Refusal::NetasciiTooLarge);
         let mut mail = Vec::new();
         Packet::Rrq(Request { filename: "x".into(), mode: Mode::Mail, options: vec![] }).emit(&mut mail);
         assert_eq!(refusal(e.handle_request(from(PHONE_IP), &mail, 0)).0, Refusal::MailMode);

@@ -89,8 +89,8 @@ impl ErrorCode {
     }
 }
 
-/// Transfer mode of a request. Only `octet` is served; `netascii` is accepted and served as
-/// octet (firmware and our rendered files are plain ASCII or binary), as tftp-hpa does without `-r`.
+/// Transfer mode of a request. `octet` is served as is; `netascii` is converted (LF to CR LF,
+/// CR to CR NUL) for files up to `content::NETASCII_MAX_BYTES`; `mail` is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// `netascii`.
