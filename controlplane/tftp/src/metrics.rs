@@ -19,6 +19,8 @@ pub struct TftpMetrics {
     pub requests: AtomicU64,
     /// Datagrams on the listening port that were not requests (ignored).
     pub ignored: AtomicU64,
+    /// Requests repeated by a client whose transfer is already running (dropped).
+    pub duplicate_requests: AtomicU64,
     /// Read transfers started.
     pub transfers_started: AtomicU64,
     /// Read transfers whose last block was acknowledged.
@@ -97,6 +99,7 @@ impl TftpMetrics {
         let mut out = vec![
             ("dialtone_tftp_requests_total", None, get(&self.requests)),
             ("dialtone_tftp_ignored_datagrams_total", None, get(&self.ignored)),
+            ("dialtone_tftp_duplicate_requests_total", None, get(&self.duplicate_requests)),
             ("dialtone_tftp_transfers_started_total", None, get(&self.transfers_started)),
             ("dialtone_tftp_transfers_completed_total", None, get(&self.transfers_completed)),
             ("dialtone_tftp_active_transfers", None, get(&self.active_transfers)),

@@ -9,12 +9,12 @@
 //! event batch. A datagram the kernel refuses (send buffer full) is kept and sent when the
 //! socket becomes writable. Counters go to the shared [`TftpMetrics`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -112,6 +112,7 @@ pub fn spawn(engine: Arc<Engine>, metrics: Arc<TftpMetrics>) -> io::Result<Serve
     let local_addr = listener.local_addr()?;
     let workers = engine.config().threads.max(1) as usize;
     let stop = Arc::new(AtomicBool::new(false));
+    let peers = Arc::new(Mutex::new(HashSet::new()));
 
     let mut polls = Vec::with_capacity(workers);
     let mut wakers = Vec::with_capacity(workers);
@@ -137,6 +138,7 @@ pub fn spawn(engine: Arc<Engine>, metrics: Arc<TftpMetrics>) -> io::Result<Serve
             engine: Arc::clone(&engine),
             metrics: Arc::clone(&metrics),
             stop: Arc::clone(&stop),
+            peers: Arc::clone(&peers),
             slots: Vec::new(),
             free: Vec::new(),
             timers: BTreeSet::new(),
@@ -179,6 +181,9 @@ struct Worker {
     engine: Arc<Engine>,
     metrics: Arc<TftpMetrics>,
     stop: Arc<AtomicBool>,
+    /// Clients with a running transfer, across workers: a client that repeats its RRQ before
+    /// the first DATA reaches it must not get a second transfer (it would only time out).
+    peers: Arc<Mutex<HashSet<SocketAddr>>>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     timers: BTreeSet<(Instant, usize)>,
@@ -253,6 +258,10 @@ impl Worker {
                 }
             };
             self.metrics.requests.fetch_add(1, Ordering::Relaxed);
+            if self.peers.lock().unwrap_or_else(PoisonError::into_inner).contains(&from) {
+                self.metrics.duplicate_requests.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let active = self.metrics.active_transfers.load(Ordering::Relaxed) as usize;
             let request = self.buffer.get(..len).unwrap_or_default();
             match self.engine.handle_request(from, request, active) {
@@ -282,6 +291,7 @@ impl Worker {
                         }
                     };
                     self.metrics.started(used);
+                    self.peers.lock().unwrap_or_else(PoisonError::into_inner).insert(from);
                     tracing::debug!(client = %from, size = transfer.size(), "tftp: transfer started");
                     let target = self.dispatch.next % self.dispatch.senders.len();
                     self.dispatch.next = self.dispatch.next.wrapping_add(1);
@@ -320,6 +330,7 @@ impl Worker {
         if let Err(e) = self.poll.registry().register(&mut socket, Token(index), Interest::READABLE) {
             tracing::warn!(error = %e, "tftp: cannot register a transfer socket");
             self.metrics.active_transfers.fetch_sub(1, Ordering::Relaxed);
+            self.peers.lock().unwrap_or_else(PoisonError::into_inner).remove(&new.transfer.peer());
             self.free.push(index);
             return;
         }
@@ -384,6 +395,7 @@ impl Worker {
                 let stats = slot.transfer.stats();
                 tracing::debug!(client = %slot.transfer.peer(), ?outcome, "tftp: transfer ended");
                 self.metrics.ended(outcome, stats);
+                self.peers.lock().unwrap_or_else(PoisonError::into_inner).remove(&slot.transfer.peer());
                 if let Some(armed) = slot.armed {
                     self.timers.remove(&(armed, index));
                 }
@@ -642,6 +654,28 @@ mod tests {
         assert_eq!(fetch(addr, "yealink/t5.rom", &[]).expect("slot free again"), firmware());
         assert_eq!(metrics.transfers_failed[crate::FailReason::Timeout as usize].load(Ordering::Relaxed), 2);
         assert_eq!(metrics.refused[crate::Refusal::Busy as usize].load(Ordering::Relaxed), 1);
+        server.shutdown();
+    }
+
+    #[test]
+    fn repeated_request_does_not_start_a_second_transfer() {
+        let scratch = Scratch::new("server-dup");
+        let (server, metrics) = start(&scratch, |_| {});
+        let s = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        s.send_to(&rrq("yealink/t5.rom", &[]), server.local_addr()).expect("send");
+        let mut buf = [0u8; 600];
+        let (_, first) = s.recv_from(&mut buf).expect("block 1");
+        s.send_to(&rrq("yealink/t5.rom", &[]), server.local_addr()).expect("send");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while metrics.duplicate_requests.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(metrics.duplicate_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.transfers_started.load(Ordering::Relaxed), 1);
+        // Only the first transfer talks to us (its retransmission of block 1).
+        let (_, from) = s.recv_from(&mut buf).expect("retransmitted block 1");
+        assert_eq!(from, first);
         server.shutdown();
     }
 
