@@ -404,4 +404,39 @@ pub(crate) mod tests {
         Packet::Rrq(Request { filename: "x".into(), mode: Mode::Mail, options: vec![] }).emit(&mut mail);
         assert_eq!(refusal(e.handle_request(from(PHONE_IP), &mail, 0)).0, Refusal::MailMode);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_request_bytes_never_panic(
+            name in "[a-z0-9./\\\\{}-]{0,40}",
+            mode in proptest::prop_oneof![proptest::strategy::Just("octet"), proptest::strategy::Just("netascii"), proptest::strategy::Just("x")],
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            op in 0u16..8,
+        ) {
+            let scratch = Scratch::new("fuzz");
+            let e = engine(&scratch);
+            let mut bytes = op.to_be_bytes().to_vec();
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(mode.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(&tail);
+            match e.handle_request(from(PHONE_IP), &bytes, 0) {
+                Disposition::Start(t, _) => {
+                    // Whatever starts is confined: the only files outside the root are `secret`.
+                    let mut out = Vec::new();
+                    let mut t = t;
+                    while t.poll_transmit(Instant::now(), &mut out).is_some() {
+                        proptest::prop_assert!(!out.windows(7).any(|w| w == b"outside"));
+                    }
+                }
+                Disposition::Refuse(_, reply) => {
+                    let is_error = matches!(Packet::parse(&reply), Ok(Packet::Error { .. }));
+                    proptest::prop_assert!(is_error);
+                }
+                Disposition::Ignore => {}
+            }
+        }
+    }
 }

@@ -743,4 +743,160 @@ mod tests {
         assert_eq!(drain(&mut t, t0), [Sent::Data(1, vec![0; 512]), Sent::Error(ErrorCode::Undefined, CLIENT)]);
         assert_eq!(t.outcome(), Some(Outcome::Failed(FailReason::ReadError)));
     }
+
+    /// An RFC 7440 client and a lossy, duplicating, reordering channel, in virtual time.
+    mod lossy {
+        use super::*;
+        use proptest::prelude::*;
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+
+        /// A datagram on the wire: arrival time, sequence (ties), towards the server, bytes.
+        type InFlight = (Instant, u64, bool, Vec<u8>);
+
+        struct Dice(Vec<u8>, usize);
+        impl Dice {
+            fn roll(&mut self) -> u8 {
+                self.1 += 1;
+                self.0.get(self.1 % self.0.len().max(1)).copied().unwrap_or(0)
+            }
+        }
+
+        struct Client {
+            blksize: usize,
+            windowsize: u16,
+            expected: u16,
+            in_window: u16,
+            data: Vec<u8>,
+            done: bool,
+            last_ack: Option<u16>,
+            last_heard: Instant,
+        }
+
+        impl Client {
+            /// Handles one datagram from the server; returns the ACK to send, if any.
+            fn handle(&mut self, now: Instant, bytes: &[u8]) -> Option<u16> {
+                self.last_heard = now;
+                let ack = match Packet::parse(bytes).expect("server emits valid packets") {
+                    Packet::Oack(_) => Some(0),
+                    Packet::Data { block, data } if !self.done && block == self.expected => {
+                        self.data.extend_from_slice(data);
+                        self.expected = self.expected.wrapping_add(1);
+                        self.in_window += 1;
+                        if data.len() < self.blksize {
+                            self.done = true;
+                            Some(block)
+                        } else if self.in_window == self.windowsize {
+                            self.in_window = 0;
+                            Some(block)
+                        } else {
+                            None
+                        }
+                    }
+                    // Out of order, a duplicate, or the final block again (dallying).
+                    Packet::Data { .. } => {
+                        self.in_window = 0;
+                        Some(self.expected.wrapping_sub(1))
+                    }
+                    Packet::Error { .. } => None,
+                    other => panic!("unexpected {other:?}"),
+                };
+                if ack.is_some() {
+                    self.last_ack = ack;
+                }
+                ack
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn delivers_exact_bytes_or_times_out(
+                len in 0usize..3000,
+                blksize in 8u16..200,
+                windowsize in 1u16..9,
+                with_oack in any::<bool>(),
+                loss_percent in 0u8..30,
+                dup_percent in 0u8..20,
+                dice in proptest::collection::vec(any::<u8>(), 64..256),
+            ) {
+                let data = content(len);
+                let mut p = params(blksize, windowsize, with_oack);
+                p.retries = 12;
+                let mut server = ReadTransfer::new(CLIENT, Box::new(data.clone()), p);
+                let t0 = Instant::now();
+                let mut client = Client {
+                    blksize: usize::from(blksize),
+                    windowsize,
+                    expected: 1,
+                    in_window: 0,
+                    data: Vec::new(),
+                    done: false,
+                    last_ack: None,
+                    last_heard: t0,
+                };
+                let mut dice = Dice(dice, 0);
+                let mut wire: BinaryHeap<Reverse<InFlight>> = BinaryHeap::new();
+                let mut seq = 0u64;
+                let mut send = |wire: &mut BinaryHeap<_>, now: Instant, to_server: bool, bytes: Vec<u8>, dice: &mut Dice| {
+                    if dice.roll() % 100 < loss_percent {
+                        return;
+                    }
+                    let copies = if dice.roll() % 100 < dup_percent { 2 } else { 1 };
+                    for _ in 0..copies {
+                        seq += 1;
+                        let delay = Duration::from_millis(u64::from(dice.roll() % 40));
+                        wire.push(Reverse((now + delay, seq, to_server, bytes.clone())));
+                    }
+                };
+                let client_timeout = Duration::from_millis(1500);
+                let mut now = t0;
+                let mut out = Vec::new();
+                for _ in 0..200_000 {
+                    while let Some(dest) = server.poll_transmit(now, &mut out) {
+                        prop_assert_eq!(dest, CLIENT);
+                        send(&mut wire, now, false, out.clone(), &mut dice);
+                    }
+                    if server.outcome().is_some() && wire.is_empty() {
+                        break;
+                    }
+                    let next_wire = wire.peek().map(|Reverse((t, ..))| *t);
+                    let next_server = server.poll_timeout();
+                    let next_client = (!client.done).then_some(client.last_heard + client_timeout);
+                    let Some(next) = [next_wire, next_server, next_client].into_iter().flatten().min() else { break };
+                    now = now.max(next);
+                    if next_wire == Some(next) {
+                        let Some(Reverse((_, _, to_server, bytes))) = wire.pop() else { break };
+                        if to_server {
+                            server.handle_datagram(now, CLIENT, &bytes);
+                        } else if let Some(block) = client.handle(now, &bytes) {
+                            let mut ack = Vec::new();
+                            Packet::Ack { block }.emit(&mut ack);
+                            send(&mut wire, now, true, ack, &mut dice);
+                        }
+                    } else if next_server == Some(next) {
+                        server.handle_timeout(now);
+                    } else {
+                        // The client repeats its last ACK after silence (or its RRQ, modelled
+                        // as nothing: the server already has it).
+                        client.last_heard = now;
+                        if let Some(block) = client.last_ack {
+                            let mut ack = Vec::new();
+                            Packet::Ack { block }.emit(&mut ack);
+                            send(&mut wire, now, true, ack, &mut dice);
+                        }
+                    }
+                }
+                prop_assert!(data.starts_with(&client.data), "client holds wrong bytes");
+                match server.outcome() {
+                    Some(Outcome::Completed) => {
+                        prop_assert!(client.done);
+                        prop_assert_eq!(&client.data, &data);
+                    }
+                    Some(Outcome::Failed(FailReason::Timeout)) => prop_assert!(loss_percent > 0),
+                    other => prop_assert!(false, "unexpected outcome {:?}", other),
+                }
+            }
+        }
+    }
 }
