@@ -297,11 +297,21 @@ impl Worker {
                     self.dispatch.next = self.dispatch.next.wrapping_add(1);
                     if target == self.index {
                         self.insert(NewTransfer { socket, transfer }, now);
-                    } else if let (Some(tx), Some(waker)) =
-                        (self.dispatch.senders.get(target), self.dispatch.wakers.get(target))
-                    {
-                        if tx.send(NewTransfer { socket, transfer }).is_ok() {
-                            let _ = waker.wake();
+                    } else {
+                        let sent = match (self.dispatch.senders.get(target), self.dispatch.wakers.get(target)) {
+                            (Some(tx), Some(waker)) => {
+                                let sent = tx.send(NewTransfer { socket, transfer }).is_ok();
+                                if sent {
+                                    let _ = waker.wake();
+                                }
+                                sent
+                            }
+                            _ => false,
+                        };
+                        if !sent {
+                            // The target worker has stopped: undo the bookkeeping of this start.
+                            self.metrics.active_transfers.fetch_sub(1, Ordering::Relaxed);
+                            self.peers.lock().unwrap_or_else(PoisonError::into_inner).remove(&from);
                         }
                     }
                 }
