@@ -74,6 +74,8 @@ pub enum Refusal {
     UnknownClient,
     /// A netascii request for a file larger than [`NETASCII_MAX_BYTES`].
     NetasciiTooLarge,
+    /// A write request announcing (tsize) more than the upload cap.
+    UploadTooLarge,
 }
 
 /// Largest file served in netascii mode. The conversion is done in memory, so this bounds the
@@ -95,7 +97,7 @@ pub fn to_netascii(bytes: &[u8]) -> Vec<u8> {
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Malformed,
         Self::MailMode,
         Self::WriteRefused,
@@ -108,6 +110,7 @@ impl Refusal {
         Self::OtherPhone,
         Self::UnknownClient,
         Self::NetasciiTooLarge,
+        Self::UploadTooLarge,
     ];
 
     /// Counter label.
@@ -125,6 +128,7 @@ impl Refusal {
             Self::OtherPhone => "other_phone",
             Self::UnknownClient => "unknown_client",
             Self::NetasciiTooLarge => "netascii_too_large",
+            Self::UploadTooLarge => "upload_too_large",
         }
     }
 
@@ -133,6 +137,7 @@ impl Refusal {
         match self {
             Self::Malformed | Self::MailMode => ErrorCode::IllegalOperation,
             Self::BadOption => ErrorCode::OptionRefused,
+            Self::UploadTooLarge => ErrorCode::DiskFull,
             Self::Busy | Self::NetasciiTooLarge => ErrorCode::Undefined,
             Self::NotFound => ErrorCode::FileNotFound,
             Self::WriteRefused
@@ -159,6 +164,7 @@ impl Refusal {
             Self::OtherPhone => "not this phone's file",
             Self::UnknownClient => "unknown client",
             Self::NetasciiTooLarge => "file too large for netascii mode, use octet",
+            Self::UploadTooLarge => "upload too large",
         }
     }
 }

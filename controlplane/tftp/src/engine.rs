@@ -1,8 +1,12 @@
-//! Request handling, sans-IO: a datagram on the listening port becomes a [`ReadTransfer`] or a
-//! refusal (an ERROR packet to send back), with no socket and no clock.
+//! Request handling, sans-IO: a datagram on the listening port becomes a transfer (a
+//! [`ReadTransfer`], or a [`WriteTransfer`] into a `tftp.writable_dirs` directory) or a refusal
+//! (an ERROR packet to send back), with no socket and no clock.
 
+use std::fs::OpenOptions;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dialtone_config::{PhoneClass, Tftp};
@@ -10,13 +14,20 @@ use dialtone_config::{PhoneClass, Tftp};
 use crate::content::{self, ClientDirectory, ClientInfo, Refusal, Root};
 use crate::options::{self, Limits, OptionUse};
 use crate::packet::{self, Mode, Packet, Request};
-use crate::transfer::{Content, ReadTransfer, TransferParams};
+use crate::transfer::{Content, ReadTransfer, Transfer, TransferParams};
+use crate::write::{FileSink, Sink, WriteParams, WriteTransfer};
+
+/// Largest upload accepted into a writable directory (phones upload logs and call lists).
+pub const MAX_UPLOAD_BYTES: u64 = 16 << 20;
+
+/// Distinguishes temporary upload files of this process.
+static UPLOAD_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 /// What to do with a datagram that arrived on the listening port.
 #[derive(Debug)]
 pub enum Disposition {
     /// Start this transfer (on a new socket: its port is the server's transfer ID).
-    Start(Box<ReadTransfer>, OptionUse),
+    Start(Box<dyn Transfer>, OptionUse),
     /// Send `reply` (an ERROR packet) back to the sender and forget it.
     Refuse(Refusal, Vec<u8>),
     /// Not a request (a stray DATA, ACK, ERROR or OACK): drop it silently.
@@ -60,7 +71,7 @@ impl Engine {
     pub fn handle_request(&self, from: SocketAddr, bytes: &[u8], active: usize) -> Disposition {
         let request = match Packet::parse(bytes) {
             Ok(Packet::Rrq(r)) => r,
-            Ok(Packet::Wrq(r)) => return self.refuse_write(&r),
+            Ok(Packet::Wrq(r)) => return self.handle_write(from, &r, active),
             Ok(_) => return Disposition::Ignore,
             Err(_) => return refuse(Refusal::Malformed),
         };
@@ -77,21 +88,117 @@ impl Engine {
         }
     }
 
-    /// Write requests are refused with ERROR 2 (RFC 1350 "access violation"): this server does
-    /// not accept uploads, whatever `tftp.writable_dirs` says, so a phone can never replace a
-    /// firmware image or another phone's file.
-    fn refuse_write(&self, _request: &Request) -> Disposition {
-        refuse(Refusal::WriteRefused)
+    /// Write requests are refused with ERROR 2 (RFC 1350 "access violation") unless the path
+    /// lies in one of `tftp.writable_dirs` of the client's class root, so a phone can never
+    /// replace a firmware image or write a virtual per-phone file.
+    fn handle_write(&self, from: SocketAddr, request: &Request, active: usize) -> Disposition {
+        if request.mode == Mode::Mail {
+            return refuse(Refusal::MailMode);
+        }
+        if self.tftp.writable_dirs.is_empty() {
+            return refuse(Refusal::WriteRefused);
+        }
+        if active >= self.tftp.max_transfers as usize {
+            return refuse(Refusal::Busy);
+        }
+        // RFC 2349: a WRQ's tsize is the size of the upload; refuse what would not fit.
+        let announced = request
+            .options
+            .iter()
+            .find(|o| o.name.eq_ignore_ascii_case("tsize"))
+            .and_then(|o| o.value.parse::<u64>().ok());
+        if announced.is_some_and(|size| size > MAX_UPLOAD_BYTES) {
+            return refuse(Refusal::UploadTooLarge);
+        }
+        let Ok(negotiated) = options::negotiate(&request.options, self.limits(), announced) else {
+            return refuse(Refusal::BadOption);
+        };
+        let sink = match self.resolve_upload(from, request) {
+            Ok(sink) => sink,
+            Err(why) => return refuse(why),
+        };
+        let params = WriteParams {
+            blksize: negotiated.blksize,
+            windowsize: negotiated.windowsize,
+            timeout: negotiated.timeout,
+            retries: self.tftp.retries,
+            oack: negotiated.oack,
+            max_bytes: MAX_UPLOAD_BYTES,
+        };
+        Disposition::Start(Box::new(WriteTransfer::new(from, sink, params)), negotiated.used)
+    }
+
+    /// The client's class index and lease (a lease names the class; else the LAN pool does).
+    fn client_class(&self, from: SocketAddr) -> Result<(usize, Option<ClientInfo>), Refusal> {
+        let ip = client_ipv4(from).ok_or(Refusal::UnknownClient)?;
+        let lease = self.directory.lookup(ip);
+        let index = match &lease {
+            Some(info) => info.class,
+            None => self.classes.iter().position(|c| c.lan_pool.contains(&ip)).ok_or(Refusal::UnknownClient)?,
+        };
+        if index >= self.classes.len() {
+            return Err(Refusal::UnknownClient);
+        }
+        Ok((index, lease))
+    }
+
+    /// A temporary file beside the upload's target, confined to a writable directory.
+    fn resolve_upload(&self, from: SocketAddr, request: &Request) -> Result<Box<dyn Sink>, Refusal> {
+        let (class_index, _) = self.client_class(from)?;
+        let class = self.classes.get(class_index).ok_or(Refusal::UnknownClient)?;
+        let name = request.filename.as_str();
+        let relative = content::confined_relative(name)?;
+        if class.config_files.iter().any(|p| content::match_pattern(p, name).is_some()) {
+            return Err(Refusal::WriteRefused);
+        }
+        let depth = relative.components().count();
+        let dir = self
+            .tftp
+            .writable_dirs
+            .iter()
+            .find(|d| relative.starts_with(d) && depth > d.components().count())
+            .ok_or(Refusal::WriteRefused)?;
+        let root = self.roots.get(class_index).and_then(Root::path).ok_or(Refusal::NotFound)?;
+        let file_name = relative.file_name().ok_or(Refusal::WriteRefused)?;
+        let allowed = root.join(dir).canonicalize().map_err(|_| Refusal::NotFound)?;
+        let parent =
+            root.join(relative.parent().unwrap_or(Path::new(""))).canonicalize().map_err(|_| Refusal::NotFound)?;
+        // Symlinked directories leading out of the writable one are refused here.
+        if !allowed.starts_with(root) || !parent.starts_with(&allowed) {
+            return Err(Refusal::PathEscape);
+        }
+        let target = parent.join(file_name);
+        if let Ok(meta) = std::fs::symlink_metadata(&target) {
+            if !meta.is_file() {
+                return Err(Refusal::NotRegular);
+            }
+        }
+        let sequence = UPLOAD_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let mut temporary_name = std::ffi::OsString::from(".");
+        temporary_name.push(file_name);
+        temporary_name.push(format!(".upload-{}-{sequence}", std::process::id()));
+        let temporary = parent.join(temporary_name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temporary)
+            .map_err(|_| Refusal::NotRegular)?;
+        Ok(Box::new(FileSink::new(file, temporary, target)))
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_blksize: u16::try_from(self.tftp.max_blksize).unwrap_or(options::MAX_BLKSIZE),
+            max_windowsize: u16::try_from(self.tftp.max_windowsize).unwrap_or(u16::MAX),
+            default_timeout: self.tftp.timeout,
+        }
     }
 
     /// Lease (or LAN pool) -> class; then a virtual file or a confined file under its root.
     fn resolve(&self, from: SocketAddr, request: &Request) -> Result<Box<dyn Content>, Refusal> {
-        let ip = client_ipv4(from).ok_or(Refusal::UnknownClient)?;
-        let lease: Option<ClientInfo> = self.directory.lookup(ip);
-        let class_index = match &lease {
-            Some(info) => info.class,
-            None => self.classes.iter().position(|c| c.lan_pool.contains(&ip)).ok_or(Refusal::UnknownClient)?,
-        };
+        let (class_index, lease) = self.client_class(from)?;
         let class = self.classes.get(class_index).ok_or(Refusal::UnknownClient)?;
         let name = request.filename.as_str();
         // Escapes are refused before anything else, virtual names included.
@@ -121,12 +228,7 @@ impl Engine {
                 _ => return refuse(Refusal::NotRegular),
             }
         }
-        let limits = Limits {
-            max_blksize: u16::try_from(self.tftp.max_blksize).unwrap_or(options::MAX_BLKSIZE),
-            max_windowsize: u16::try_from(self.tftp.max_windowsize).unwrap_or(u16::MAX),
-            default_timeout: self.tftp.timeout,
-        };
-        let Ok(negotiated) = options::negotiate(&request.options, limits, Some(content.size())) else {
+        let Ok(negotiated) = options::negotiate(&request.options, self.limits(), Some(content.size())) else {
             return refuse(Refusal::BadOption);
         };
         let params = TransferParams {
@@ -255,7 +357,7 @@ pub(crate) mod tests {
     }
 
     /// Runs a transfer against a lossless client acknowledging each window; returns the bytes.
-    fn fetch(mut t: Box<ReadTransfer>) -> Vec<u8> {
+    fn fetch(mut t: Box<dyn Transfer>) -> Vec<u8> {
         let now = Instant::now();
         let mut out = Vec::new();
         let mut got = Vec::new();
@@ -379,6 +481,75 @@ pub(crate) mod tests {
             refusal(e.handle_request(from(PHONE_IP), &wrq, 0)),
             (Refusal::WriteRefused, ErrorCode::AccessViolation)
         );
+    }
+
+    fn wrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        Packet::Wrq(Request {
+            filename: name.into(),
+            mode: Mode::Octet,
+            options: options.iter().map(|(n, v)| TftpOption { name: (*n).into(), value: (*v).into() }).collect(),
+        })
+        .emit(&mut out);
+        out
+    }
+
+    #[test]
+    fn uploads_confined_to_writable_dirs() {
+        let scratch = Scratch::new("upload");
+        let (config, leases) = fixture(&scratch);
+        let root = scratch.0.join("root");
+        std::fs::create_dir_all(root.join("uploads")).expect("mkdir");
+        std::os::unix::fs::symlink(&scratch.0, root.join("uploads/out")).expect("symlink");
+        std::os::unix::fs::symlink(scratch.0.join("secret"), root.join("uploads/link")).expect("symlink");
+        let mut tftp = config.tftp.clone();
+        tftp.writable_dirs = vec![PathBuf::from("uploads")];
+        let e = Engine::new(tftp, config.classes.clone(), leases);
+
+        let Disposition::Start(mut t, _) = e.handle_request(from(PHONE_IP), &wrq("uploads/log.txt", &[]), 0) else {
+            panic!("refused")
+        };
+        let now = Instant::now();
+        let mut out = Vec::new();
+        assert!(t.poll_transmit(now, &mut out).is_some());
+        assert_eq!(Packet::parse(&out), Ok(Packet::Ack { block: 0 }));
+        let mut data = Vec::new();
+        Packet::Data { block: 1, data: b"hello" }.emit(&mut data);
+        t.handle_datagram(now, from(PHONE_IP), &data);
+        assert!(t.poll_transmit(now, &mut out).is_some());
+        assert_eq!(Packet::parse(&out), Ok(Packet::Ack { block: 1 }));
+        assert_eq!(std::fs::read(root.join("uploads/log.txt")).expect("stored"), b"hello");
+
+        let cases: &[(&str, Refusal, ErrorCode)] = &[
+            ("yealink/t5.rom", Refusal::WriteRefused, ErrorCode::AccessViolation),
+            ("uploads", Refusal::WriteRefused, ErrorCode::AccessViolation),
+            ("805ec0a1b2c3.cfg", Refusal::WriteRefused, ErrorCode::AccessViolation),
+            ("uploads/../yealink/t5.rom", Refusal::PathEscape, ErrorCode::AccessViolation),
+            ("/uploads/x", Refusal::PathEscape, ErrorCode::AccessViolation),
+            ("uploads/out/x", Refusal::PathEscape, ErrorCode::AccessViolation),
+            ("uploads/link", Refusal::NotRegular, ErrorCode::AccessViolation),
+            ("uploads/missing/x", Refusal::NotFound, ErrorCode::FileNotFound),
+        ];
+        for (name, why, code) in cases {
+            assert_eq!(refusal(e.handle_request(from(PHONE_IP), &wrq(name, &[]), 0)), (*why, *code), "{name}");
+        }
+        let huge = (MAX_UPLOAD_BYTES + 1).to_string();
+        assert_eq!(
+            refusal(e.handle_request(from(PHONE_IP), &wrq("uploads/big", &[("tsize", &huge)]), 0)),
+            (Refusal::UploadTooLarge, ErrorCode::DiskFull)
+        );
+        // An abandoned upload leaves nothing behind.
+        let Disposition::Start(t, _) = e.handle_request(from(PHONE_IP), &wrq("uploads/abandoned", &[]), 0) else {
+            panic!("refused")
+        };
+        drop(t);
+        let mut names: Vec<String> = std::fs::read_dir(root.join("uploads"))
+            .expect("list")
+            .map(|d| d.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["link", "log.txt", "out"]);
+        assert_eq!(std::fs::read(scratch.0.join("secret")).expect("untouched"), b"outside the root");
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct TftpMetrics {
     pub active_transfers: AtomicU64,
     /// Payload bytes sent, retransmissions included.
     pub bytes_sent: AtomicU64,
+    /// Upload bytes stored.
+    pub bytes_received: AtomicU64,
     /// DATA packets sent, retransmissions included.
     pub data_packets: AtomicU64,
     /// Blocks sent more than once.
@@ -87,6 +89,7 @@ impl TftpMetrics {
             Outcome::Failed(reason) => add(&self.transfers_failed[reason as usize], 1),
         }
         add(&self.bytes_sent, stats.payload_bytes);
+        add(&self.bytes_received, stats.received_bytes);
         add(&self.data_packets, stats.data_packets);
         add(&self.retransmitted_blocks, stats.retransmitted_blocks);
         add(&self.duplicate_acks, stats.duplicate_acks);
@@ -104,6 +107,7 @@ impl TftpMetrics {
             ("dialtone_tftp_transfers_completed_total", None, get(&self.transfers_completed)),
             ("dialtone_tftp_active_transfers", None, get(&self.active_transfers)),
             ("dialtone_tftp_bytes_sent_total", None, get(&self.bytes_sent)),
+            ("dialtone_tftp_bytes_received_total", None, get(&self.bytes_received)),
             ("dialtone_tftp_data_packets_total", None, get(&self.data_packets)),
             ("dialtone_tftp_retransmitted_blocks_total", None, get(&self.retransmitted_blocks)),
             ("dialtone_tftp_duplicate_acks_total", None, get(&self.duplicate_acks)),

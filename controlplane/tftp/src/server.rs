@@ -1,5 +1,5 @@
 //! The I/O shell: UDP sockets, `tftp.threads` event-loop threads and the clock around the sans-IO
-//! [`Engine`] and [`ReadTransfer`]s.
+//! [`Engine`] and its transfers.
 //!
 //! Worker 0 also owns the listening socket (UDP 69 on `tftp.listen`). A request becomes a
 //! transfer with its own socket on an ephemeral port (its transfer ID, RFC 1350 section 4),
@@ -23,7 +23,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::engine::{Disposition, Engine};
 use crate::metrics::TftpMetrics;
-use crate::transfer::ReadTransfer;
+use crate::transfer::Transfer;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -39,7 +39,7 @@ const LISTEN_RCVBUF: usize = 4 << 20;
 /// A new transfer on its way to the worker that will run it.
 struct NewTransfer {
     socket: StdUdpSocket,
-    transfer: Box<ReadTransfer>,
+    transfer: Box<dyn Transfer>,
 }
 
 /// A running server; dropping it does not stop it, [`ServerHandle::shutdown`] does.
@@ -163,7 +163,7 @@ struct Dispatch {
 
 struct Slot {
     socket: UdpSocket,
-    transfer: Box<ReadTransfer>,
+    transfer: Box<dyn Transfer>,
     /// The deadline currently in the timer set for this slot.
     armed: Option<Instant>,
     /// A datagram the kernel refused, with its destination, sent again once writable.

@@ -108,11 +108,13 @@ pub enum FailReason {
     IllegalPacket,
     /// The file could not be read (or shrank) during the transfer.
     ReadError,
+    /// An upload could not be stored, or exceeded the size cap.
+    WriteError,
 }
 
 impl FailReason {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 4] = [Self::Timeout, Self::PeerError, Self::IllegalPacket, Self::ReadError];
+    pub const ALL: [Self; 5] = [Self::Timeout, Self::PeerError, Self::IllegalPacket, Self::ReadError, Self::WriteError];
 
     /// Counter label.
     pub fn name(self) -> &'static str {
@@ -121,6 +123,7 @@ impl FailReason {
             Self::PeerError => "peer_error",
             Self::IllegalPacket => "illegal_packet",
             Self::ReadError => "read_error",
+            Self::WriteError => "write_error",
         }
     }
 }
@@ -141,6 +144,8 @@ pub struct TransferStats {
     pub data_packets: u64,
     /// Payload bytes sent, retransmissions included.
     pub payload_bytes: u64,
+    /// Payload bytes received and stored (uploads).
+    pub received_bytes: u64,
     /// Blocks sent again (after a timeout or a gap report).
     pub retransmitted_blocks: u64,
     /// ACKs for the block already acknowledged (ignored).
@@ -149,6 +154,53 @@ pub struct TransferStats {
     pub stray_acks: u64,
     /// Timer expiries.
     pub timeouts: u64,
+}
+
+/// A transfer as the I/O shell drives it: read or write, same inputs and outputs.
+pub trait Transfer: Send + std::fmt::Debug {
+    /// The client's address (its transfer ID).
+    fn peer(&self) -> SocketAddr;
+    /// File size (reads) or bytes stored so far (writes).
+    fn size(&self) -> u64;
+    /// Statistics so far.
+    fn stats(&self) -> TransferStats;
+    /// How it ended, once nothing is left to send.
+    fn outcome(&self) -> Option<Outcome>;
+    /// When [`Transfer::handle_timeout`] must next be called.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// A datagram arrived on this transfer's socket from `from`.
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]);
+    /// The timer fired (or may have).
+    fn handle_timeout(&mut self, now: Instant);
+    /// Writes the next datagram into `out` and returns its destination, or `None`.
+    fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<SocketAddr>;
+}
+
+impl Transfer for ReadTransfer {
+    fn peer(&self) -> SocketAddr {
+        ReadTransfer::peer(self)
+    }
+    fn size(&self) -> u64 {
+        ReadTransfer::size(self)
+    }
+    fn stats(&self) -> TransferStats {
+        ReadTransfer::stats(self)
+    }
+    fn outcome(&self) -> Option<Outcome> {
+        ReadTransfer::outcome(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        ReadTransfer::poll_timeout(self)
+    }
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        ReadTransfer::handle_datagram(self, now, from, bytes);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        ReadTransfer::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<SocketAddr> {
+        ReadTransfer::poll_transmit(self, now, out)
+    }
 }
 
 /// Most pending "unknown transfer ID" errors kept; more are dropped.
