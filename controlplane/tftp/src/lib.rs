@@ -8,15 +8,16 @@
 //! for everything refused, and [`TftpMetrics`] counters.
 //!
 //! It must never serve a byte from outside a class root, accept an upload outside the class's
-//! `tftp.writable_dirs` (none by default), serve one phone's file to another address, panic on anything from the network, or grow threads, sockets or
-//! memory without bound (`tftp.threads` worker threads, `tftp.max_transfers` transfers).
+//! `tftp.writable_dirs` (none by default), serve one phone's file to another address, panic on
+//! anything from the network, or grow threads, sockets or memory without bound (`tftp.threads`
+//! worker threads, `tftp.max_transfers` transfers).
 //!
-//! Structure (sans-IO core, thin shell, as in quinn-proto): [`packet`] is the codec,
-//! [`options`] the RFC 2347/2348/2349/7440 negotiation, [`transfer`] one read transfer driven by
+//! Structure (sans-IO core, thin shell, as in quinn-proto): [`packet`] is the codec, [`options`]
+//! the RFC 2347/2348/2349/7440 negotiation, [`transfer`] one read transfer driven by
 //! `handle_datagram` / `handle_timeout` / `poll_transmit` / `poll_timeout` with `now` passed in
-//! ([`write`] the same for uploads),
-//! [`engine`] turns a request into a transfer or a refusal, [`content`] confines paths and
-//! renders per-phone files, and [`server`] is the only part with sockets, threads and a clock.
+//! ([`write`] the same for uploads), [`engine`] turns a request into a transfer or a refusal,
+//! [`content`] confines paths and renders per-phone files, and [`server`] is the only part with
+//! sockets, threads and a clock.
 #![forbid(unsafe_code)]
 
 pub mod content;
