@@ -15,7 +15,7 @@
 //! Structure (sans-IO core, thin shell, as in quinn-proto): [`packet`] is the codec, [`options`]
 //! the RFC 2347/2348/2349/7440 negotiation, [`transfer`] one read transfer driven by
 //! `handle_datagram` / `handle_timeout` / `poll_transmit` / `poll_timeout` with `now` passed in
-//! ([`write`] the same for uploads), [`engine`] turns a request into a transfer or a refusal,
+//! ([`mod@write`] the same for uploads), [`engine`] turns a request into a transfer or a refusal,
 //! [`content`] confines paths and renders per-phone files, and [`server`] is the only part with
 //! sockets, threads and a clock.
 #![forbid(unsafe_code)]
