@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use dialtone_config::portblock::PortBlock;
 use dialtone_config::MacAddr;
 use dialtone_store::UnixSecs;
 
@@ -41,6 +42,8 @@ pub enum Hold {
         expiry: UnixSecs,
         /// Client identifier it was bound with.
         client_id: Option<Vec<u8>>,
+        /// Port block granted (and keyed in history) when this holding began.
+        block: PortBlock,
     },
 }
 
@@ -236,6 +239,7 @@ impl Pool {
         start: UnixSecs,
         expiry: UnixSecs,
         client_id: Option<Vec<u8>>,
+        block: PortBlock,
     ) -> Option<MacAddr> {
         if let Some(previous) = self.held_by.insert(mac, offset) {
             if previous != offset {
@@ -245,7 +249,7 @@ impl Pool {
         }
         self.reusable.remove(&offset);
         self.quarantined.remove(&offset);
-        self.holds.insert(offset, Hold::Bound { mac, start, expiry, client_id });
+        self.holds.insert(offset, Hold::Bound { mac, start, expiry, client_id, block });
         let displaced = match self.bound_mac.insert(offset, mac) {
             Some(old) if old != mac => {
                 self.binding.remove(&old);
@@ -323,9 +327,10 @@ impl Pool {
         start: UnixSecs,
         expiry: UnixSecs,
         client_id: Option<Vec<u8>>,
+        block: PortBlock,
     ) {
         if offset < self.size {
-            self.bind(offset, mac, start, expiry, client_id);
+            self.bind(offset, mac, start, expiry, client_id, block);
         }
     }
 
@@ -356,6 +361,9 @@ mod tests {
         MacAddr([0x80, 0x5e, 0xc0, 0, 0, n])
     }
 
+    const BLOCK: PortBlock =
+        PortBlock { public_ip: std::net::Ipv4Addr::new(198, 51, 100, 1), port_lo: 1024, port_hi: 2047 };
+
     #[test]
     fn fresh_offsets_skip_the_never_list() {
         let mut pool = Pool::new(4, [0, 2], 600);
@@ -372,9 +380,9 @@ mod tests {
     fn sticky_across_release_and_quarantine_for_others() {
         let mut pool = Pool::new(2, [], 600);
         let a = pool.pick(mac(1), 0).unwrap().offset;
-        pool.bind(a, mac(1), 0, 3600, None);
+        pool.bind(a, mac(1), 0, 3600, None, BLOCK);
         let b = pool.pick(mac(2), 0).unwrap().offset;
-        pool.bind(b, mac(2), 0, 3600, None);
+        pool.bind(b, mac(2), 0, 3600, None, BLOCK);
         let until = pool.unbind(a, 100);
         assert_eq!(until, 700);
         // Another MAC cannot have it during quarantine…
@@ -383,7 +391,7 @@ mod tests {
         assert_eq!(pool.pick(mac(1), 101), Some(Pick { offset: a }));
         // After quarantine a newcomer takes it and the old binding is displaced.
         assert_eq!(pool.pick(mac(3), 700), Some(Pick { offset: a }));
-        assert_eq!(pool.bind(a, mac(3), 700, 4300, None), Some(mac(1)));
+        assert_eq!(pool.bind(a, mac(3), 700, 4300, None, BLOCK), Some(mac(1)));
         assert_eq!(pool.binding_of(mac(1)), None);
         assert_eq!(pool.pick(mac(1), 800), None);
     }
@@ -392,7 +400,7 @@ mod tests {
     fn decline_drops_the_binding_and_quarantines() {
         let mut pool = Pool::new(3, [], 120);
         let a = pool.pick(mac(1), 0).unwrap().offset;
-        pool.bind(a, mac(1), 0, 3600, None);
+        pool.bind(a, mac(1), 0, 3600, None, BLOCK);
         assert_eq!(pool.decline(a, 10), (130, Some(mac(1))));
         assert_eq!(pool.binding_of(mac(1)), None);
         let next = pool.pick(mac(1), 11).unwrap().offset;
@@ -412,8 +420,8 @@ mod tests {
     #[test]
     fn expiry_lists_bound_leases_only() {
         let mut pool = Pool::new(4, [], 600);
-        pool.bind(0, mac(1), 0, 100, None);
-        pool.bind(1, mac(2), 0, 200, None);
+        pool.bind(0, mac(1), 0, 100, None, BLOCK);
+        pool.bind(1, mac(2), 0, 200, None, BLOCK);
         pool.offer(2, mac(3), 50);
         assert_eq!(pool.expired(150), vec![(0, mac(1), 0)]);
     }
@@ -423,7 +431,7 @@ mod tests {
         let mut pool = Pool::new(4, [], 600);
         pool.restore_binding(mac(1), 0);
         pool.restore_binding(mac(2), 1);
-        pool.restore_lease(1, mac(2), 0, 3600, None);
+        pool.restore_lease(1, mac(2), 0, 3600, None, BLOCK);
         pool.restore_quarantine(2, 900);
         pool.finish_restore();
         assert_eq!(pool.pick(mac(1), 10), Some(Pick { offset: 0 }));

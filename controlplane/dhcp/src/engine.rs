@@ -355,7 +355,7 @@ impl Engine {
         }
         for l in snapshot.leases.iter().filter(|l| l.state == LeaseState::Bound) {
             if let Some(i) = self.class_index(&l.class) {
-                self.pools[i].restore_lease(l.offset, l.mac, l.start, l.expiry, l.client_id.clone());
+                self.pools[i].restore_lease(l.offset, l.mac, l.start, l.expiry, l.client_id.clone(), l.block);
             }
         }
         for q in &snapshot.quarantine {
@@ -626,14 +626,20 @@ impl Engine {
         let class_name = self.config.classes[class].name.clone();
         let lease_secs = self.config.classes[class].lease_time.as_secs().max(1);
         let expiry = now.saturating_add(lease_secs);
-        let renewal = match self.pools[class].hold(offset) {
-            Some(Hold::Bound { mac: m, start, .. }) if *m == mac => Some(*start),
-            _ => None,
+        // A renewal keeps its history record, unless the plan changed the block since (then the
+        // old record is closed and a new one opened: whois must name the block actually granted).
+        let (renewal, replaced) = match self.pools[class].hold(offset) {
+            Some(Hold::Bound { mac: m, start, block: old, .. }) if *m == mac && *old == block => (Some(*start), None),
+            Some(Hold::Bound { mac: m, start, block: old, .. }) if *m == mac => (None, Some((*start, *old))),
+            _ => (None, None),
         };
         let start = renewal.unwrap_or(now);
         let had_binding = self.pools[class].binding_of(mac) == Some(offset);
         self.forget_offer(class, offset);
-        let displaced = self.pools[class].bind(offset, mac, start, expiry, request.client_id.clone());
+        let displaced = self.pools[class].bind(offset, mac, start, expiry, request.client_id.clone(), block);
+        if let Some((from, old)) = replaced {
+            out.writes.push(Write::CloseHistory { public_ip: old.public_ip, port_lo: old.port_lo, from, mac, to: now });
+        }
 
         if let Some(old) = displaced {
             out.writes.push(Write::RemoveBinding { class: class_name.clone(), mac: old });
@@ -654,6 +660,7 @@ impl Engine {
             start,
             expiry,
             state: LeaseState::Bound,
+            block,
         }));
         if renewal.is_none() {
             out.writes.push(Write::OpenHistory(HistoryRecord {
@@ -676,7 +683,7 @@ impl Engine {
 
     /// Ends the bound lease at `offset` (release, expiry or decline): store writes and event.
     fn end_lease(&mut self, now: UnixSecs, class: usize, offset: u32, change: LeaseChange, out: &mut Output) {
-        let Some(Hold::Bound { mac, start, .. }) = self.pools[class].hold(offset).cloned() else {
+        let Some(Hold::Bound { mac, start, expiry, block, .. }) = self.pools[class].hold(offset).cloned() else {
             return;
         };
         let class_name = self.config.classes[class].name.clone();
@@ -689,15 +696,18 @@ impl Engine {
             out.writes.push(Write::RemoveBinding { class: class_name.clone(), mac: unbound });
         }
         out.writes.push(Write::PutQuarantine(Quarantine { class: class_name, offset, release: until }));
-        if let Some((block, address)) = self.block_of(class, offset) {
-            out.writes.push(Write::CloseHistory {
-                public_ip: block.public_ip,
-                port_lo: block.port_lo,
-                from: start,
-                mac,
-                to: now,
-            });
-            out.effects.push(Effect::Lease(LeaseEvent { change, class, offset, address, mac, block, until: now }));
+        // History ends when the phone stopped owning the block: at its expiry if the sweep (or a
+        // restart) comes later than that.
+        let to = if change == LeaseChange::Expired { expiry.min(now) } else { now };
+        out.writes.push(Write::CloseHistory {
+            public_ip: block.public_ip,
+            port_lo: block.port_lo,
+            from: start,
+            mac,
+            to,
+        });
+        if let Some(address) = self.config.classes[class].address_at(offset) {
+            out.effects.push(Effect::Lease(LeaseEvent { change, class, offset, address, mac, block, until: to }));
         }
     }
 
@@ -1192,6 +1202,36 @@ tftp_root = "/tmp"
             &Msg::new(MessageType::Request, mac(1), YEALINK).requested(Ipv4Addr::new(100, 64, 32, 1)).bytes(),
         );
         assert_eq!(msg_type(&one_reply(&out)), MessageType::Nak as u8);
+    }
+
+    #[test]
+    fn whois_stays_right_across_a_plan_change() {
+        let (mut engine, store) =
+            (Engine::new(example(), &LeaseSnapshot::default(), Limits::default()), MemoryStore::new());
+        let (ack, out) = dora(&mut engine, 1000, mac(1), YEALINK);
+        store.apply(&out.writes).unwrap();
+        let old = example().classes[0].port_block_of(ack.yiaddr).unwrap();
+        // The operator halves the block size; the gateway restarts with the new plan.
+        let text = EXAMPLE.replacen("ports_per_phone = 1024", "ports_per_phone = 512", 1);
+        let changed = load_str("t.toml", &text, Path::new("."), CpuPolicy::Ignore).unwrap().config;
+        let new = changed.classes[0].port_block_of(ack.yiaddr).unwrap();
+        assert_ne!(old, new);
+        assert!(!new.contains(old.port_hi), "the probe port is in the old block only");
+        let mut engine = Engine::new(changed, &store.snapshot().unwrap(), Limits::default());
+        let out = engine.handle(2000, &Msg::new(MessageType::Request, mac(1), YEALINK).ciaddr(ack.yiaddr).bytes());
+        let renewed = one_reply(&out);
+        assert_eq!(decode_option159(renewed.options.get(159).unwrap()), Ok((new.port_lo, new.port_hi)));
+        store.apply(&out.writes).unwrap();
+        let out = engine.sweep(2000 + 3600);
+        store.apply(&out.writes).unwrap();
+        let who = |b: PortBlock, at| {
+            store.who_held(b.public_ip, b.port_hi, at).unwrap().iter().map(|h| h.mac).collect::<Vec<_>>()
+        };
+        assert_eq!(who(old, 1500), vec![mac(1)]);
+        assert_eq!(who(old, 2000), vec![], "the old block's record closed at the renewal");
+        assert_eq!(who(new, 2000), vec![mac(1)]);
+        assert_eq!(who(new, 5599), vec![mac(1)]);
+        assert_eq!(who(new, 5600), vec![], "closed at expiry");
     }
 
     #[test]

@@ -158,6 +158,55 @@ impl Drop for Server {
     }
 }
 
+/// A background thread that drops lease history older than the retention
+/// (config `store.history_retention`), checking every `every`. Pruning is its own durable
+/// transaction, off the DHCP thread, so it never delays a reply.
+#[derive(Debug)]
+pub struct HistoryPruner {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HistoryPruner {
+    /// Starts pruning `store`.
+    pub fn spawn(
+        store: Arc<dyn dialtone_store::Store>,
+        retention: Duration,
+        every: Duration,
+        clock: Clock,
+    ) -> io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("history-prune".into()).spawn(move || {
+            let mut next = Instant::now();
+            while !thread_stop.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    next = Instant::now() + every;
+                    let cutoff = clock().saturating_sub(retention.as_secs());
+                    match store.prune_history(cutoff) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(records = n, cutoff, "lease history pruned"),
+                        Err(e) => tracing::error!(error = %e, "lease history pruning failed"),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50).min(every));
+            }
+        })?;
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for HistoryPruner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("history pruner panicked");
+            }
+        }
+    }
+}
+
 fn send_all<T: Transport>(transport: &T, replies: &[Reply]) {
     for reply in replies {
         if let Err(e) = transport.send(&reply.bytes, reply.to) {
@@ -313,6 +362,44 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    #[test]
+    fn history_older_than_the_retention_is_pruned() {
+        let memory = Arc::new(MemoryStore::new());
+        let record = |from, to| HistoryRecord {
+            class: "c".into(),
+            offset: 0,
+            lan_address: Ipv4Addr::new(100, 64, 16, 0),
+            mac: mac(1),
+            public_ip: Ipv4Addr::new(198, 51, 100, 0),
+            port_lo: 1024,
+            port_hi: 2047,
+            from,
+            to,
+        };
+        memory
+            .apply(&[
+                Write::OpenHistory(record(0, Some(100))),
+                Write::OpenHistory(record(500, Some(950))),
+                Write::OpenHistory(record(960, None)),
+            ])
+            .unwrap();
+        let pruner = HistoryPruner::spawn(
+            memory.clone(),
+            Duration::from_secs(100),
+            Duration::from_millis(10),
+            Arc::new(|| 1000),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !memory.who_held(Ipv4Addr::new(198, 51, 100, 0), 1024, 50).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "not pruned");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(pruner);
+        assert_eq!(memory.who_held(Ipv4Addr::new(198, 51, 100, 0), 1024, 600).unwrap().len(), 1, "inside retention");
+        assert_eq!(memory.who_held(Ipv4Addr::new(198, 51, 100, 0), 1024, 990).unwrap().len(), 1, "open record");
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod redb_store;
 
 use std::net::Ipv4Addr;
 
+pub use dialtone_config::portblock::PortBlock;
 pub use dialtone_config::MacAddr;
 pub use group::{CommitTicket, GroupCommitter};
 pub use memory::MemoryStore;
@@ -78,6 +79,9 @@ pub struct Lease {
     pub expiry: UnixSecs,
     /// Offered or bound.
     pub state: LeaseState,
+    /// The port block granted with it, as computed then: its history record is keyed by it, so
+    /// the record can be closed even after the class's plan changed.
+    pub block: PortBlock,
 }
 
 /// One stretch of time during which one MAC held one address, and so one public port block.
@@ -250,6 +254,7 @@ pub(crate) mod conformance {
             start,
             expiry: start + 3600,
             state: LeaseState::Bound,
+            block: PortBlock { public_ip: Ipv4Addr::new(198, 51, 100, 1), port_lo: 1024, port_hi: 2047 },
         }
     }
 

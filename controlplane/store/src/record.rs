@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::{HistoryRecord, Lease, LeaseState, MacAddr, UnixSecs};
+use crate::{HistoryRecord, Lease, LeaseState, MacAddr, PortBlock, UnixSecs};
 
 /// Appends a length-prefixed class name.
 fn put_name(out: &mut Vec<u8>, name: &str) {
@@ -96,6 +96,9 @@ pub(crate) fn lease_value(lease: &Lease) -> Vec<u8> {
         LeaseState::Offered => 0,
         LeaseState::Bound => 1,
     });
+    out.extend_from_slice(&lease.block.public_ip.octets());
+    out.extend_from_slice(&lease.block.port_lo.to_be_bytes());
+    out.extend_from_slice(&lease.block.port_hi.to_be_bytes());
     match &lease.client_id {
         None => out.push(0),
         Some(id) => {
@@ -119,6 +122,7 @@ pub(crate) fn decode_lease(class: String, offset: u32, bytes: &[u8]) -> Option<L
         1 => LeaseState::Bound,
         _ => return None,
     };
+    let block = PortBlock { public_ip: Ipv4Addr::from(r.u32()?), port_lo: r.u16()?, port_hi: r.u16()? };
     let client_id = match r.u8()? {
         0 => None,
         1 => {
@@ -128,7 +132,7 @@ pub(crate) fn decode_lease(class: String, offset: u32, bytes: &[u8]) -> Option<L
         _ => return None,
     };
     r.end()?;
-    Some(Lease { class, offset, mac, client_id, start, expiry, state })
+    Some(Lease { class, offset, mac, client_id, start, expiry, state, block })
 }
 
 /// Key of the history table: `public_ip, port_lo, from, mac` — a range scan over one address
@@ -188,9 +192,10 @@ mod tests {
     proptest! {
         #[test]
         fn leases_round_trip(class in "[a-z0-9-]{0,20}", offset: u32, mac: [u8; 6], start: u64, expiry: u64,
-                             bound: bool, client_id in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..255))) {
+                             bound: bool, ip: u32, port_lo: u16, port_hi: u16, client_id in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..255))) {
             let lease = Lease { class: class.clone(), offset, mac: MacAddr(mac), client_id, start, expiry,
-                                state: if bound { LeaseState::Bound } else { LeaseState::Offered } };
+                                state: if bound { LeaseState::Bound } else { LeaseState::Offered },
+                                block: PortBlock { public_ip: ip.into(), port_lo, port_hi } };
             let key = offset_key(&class, offset);
             let (c, o) = decode_offset_key(&key).unwrap();
             prop_assert_eq!(decode_lease(c, o, &lease_value(&lease)), Some(lease));
