@@ -99,6 +99,7 @@ pub struct Gateway {
     servers: Vec<(&'static str, Server)>,
     dhcp: Option<dialtone_dhcp::server::Server>,
     committer: Option<Arc<GroupCommitter>>,
+    pruner: Option<dialtone_dhcp::server::HistoryPruner>,
 }
 
 fn service_error(service: &'static str) -> impl Fn(String) -> StartError {
@@ -109,7 +110,7 @@ impl Gateway {
     /// Starts every enabled service of `config`.
     pub fn start(config: &Config) -> Result<Self, StartError> {
         let db = open_database(config)?;
-        let mut gateway = Gateway { servers: Vec::new(), dhcp: None, committer: None };
+        let mut gateway = Gateway { servers: Vec::new(), dhcp: None, committer: None, pruner: None };
         let shared_config = Arc::new(config.clone());
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::from_database(Arc::clone(&db)).map_err(|e| service_error("store")(e.to_string()))?);
@@ -157,6 +158,15 @@ impl Gateway {
             metrics.dhcp = Some(server.counters_handle());
             metrics.committer = Some(Arc::clone(&committer));
             gateway.dhcp = Some(server);
+            gateway.pruner = Some(
+                dialtone_dhcp::server::HistoryPruner::spawn(
+                    Arc::clone(&store),
+                    config.store.history_retention,
+                    Duration::from_secs(3600),
+                    dialtone_dhcp::server::system_clock(),
+                )
+                .map_err(|e| service_error("store")(e.to_string()))?,
+            );
             gateway.committer = Some(committer);
             tracing::info!(interface = %config.lan.interface, "dhcp server started");
         }
@@ -235,6 +245,7 @@ impl Gateway {
             server.stop();
             tracing::info!(service = name, "stopped");
         }
+        self.pruner.take();
         if let Some(dhcp) = self.dhcp.take() {
             dhcp.stop();
             tracing::info!(service = "dhcp", "stopped");
