@@ -238,7 +238,7 @@ fn contact_answers_json_or_one_text_line() {
             "{\"device_id\":\"805ec0000009\",\"contact\":\"203.0.113.10:8081\",\"host\":\"203.0.113.10\",\"port\":8081}\n"
         );
         let (_, text) =
-            call_from(&svc, Method::GET, "/v1/contact/805ec0000009", None, "", "198.51.100.1:1", Some("text/plain"));
+            call_from(svc, Method::GET, "/v1/contact/805ec0000009", None, "", "198.51.100.1:1", Some("text/plain"));
         assert_eq!(text, "203.0.113.10:8081\n");
     });
 }
@@ -313,7 +313,7 @@ fn provisioning_entry_point_merges_class_template_or_names_next_servers() {
         let (_, body) = call(svc, Method::GET, "/v1/provision/805ec0000001", None, "");
         assert!(body.contains("next_servers") && body.contains("prov-next.example.net"), "{body}");
         let (s, _) = call(
-            &svc,
+            svc,
             Method::PUT,
             "/v1/devices/805ec0000001/parameters",
             Some(&a),
