@@ -44,6 +44,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Manage pre-provisioning accounts' bearer tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Who held a public address and port, now or at a past time (from lease history).
     Whois {
         /// PUBLIC_IP:PORT, e.g. 198.51.100.7:41022.
@@ -57,6 +62,27 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Create an account of the pre-provisioning management application and print its token
+    /// (shown once; only its hash is stored). Works on the store file directly, so run it while
+    /// the gateway is stopped; a running gateway takes `POST /v1/accounts` with the admin token.
+    Create {
+        /// Account name (a provisioning entity's name is what points of sale assign devices to).
+        #[arg(long)]
+        name: String,
+        /// entity, point-of-sale or admin.
+        #[arg(long, value_parser = ["entity", "point-of-sale", "admin"])]
+        role: String,
+        /// An entity's own provisioning contact (domain[:port] or address:port).
+        #[arg(long)]
+        default_contact: Option<String>,
+        /// Configuration file (for the store path).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -65,6 +91,9 @@ fn main() -> ExitCode {
         Command::Leases { mac, config } => {
             let path = mac.map_or_else(|| "/v1/leases".to_owned(), |m| format!("/v1/leases/{}", encode(&m)));
             ask_management(&config, &path)
+        }
+        Command::Token { action: TokenAction::Create { name, role, default_contact, config } } => {
+            token_create(&config, &name, &role, default_contact.as_deref())
         }
         Command::Whois { addr, at, config } => {
             let at = at.map_or(String::new(), |t| format!("&at={}", encode(&t)));
@@ -124,6 +153,28 @@ fn run(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     tracing::info!(signal, "stop signal received");
     gateway.stop();
     tracing::info!("dialtone stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token_create(config: &std::path::Path, name: &str, role: &str, contact: Option<&str>) -> anyhow::Result<ExitCode> {
+    let loaded = match load(config, CpuPolicy::Ignore) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let role = match role {
+        "entity" => dialtone_preprov::Role::Entity,
+        "point-of-sale" => dialtone_preprov::Role::PointOfSale,
+        _ => dialtone_preprov::Role::Admin,
+    };
+    let db = dialtone_daemon::open_database(&loaded.config).context(
+        "the store is in use or unreadable (while the gateway runs, create accounts with POST /v1/accounts and the admin token)",
+    )?;
+    let registry = dialtone_preprov::RedbRegistry::new(db)?;
+    let token = dialtone_preprov::create_account(&registry, "cli", name, role, contact)?;
+    println!("{token}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -302,3 +302,49 @@ while time.time() < end:
     let _ = slow.wait();
     let _ = gw.stop_with(15, Duration::from_secs(20));
 }
+
+#[test]
+fn token_create_makes_an_account_the_running_service_accepts() {
+    let lab = Lab::up("ppt");
+    lab.phone_address("100.64.200.80/16");
+    let scratch = Scratch::new("ppt");
+    let config = scratch.lab_config();
+    let create = |name: &str| {
+        common::run(
+            std::process::Command::new(common::dialtone())
+                .args([
+                    "token",
+                    "create",
+                    "--name",
+                    name,
+                    "--role",
+                    "entity",
+                    "--default-contact",
+                    "prov.acme.example",
+                    "--config",
+                ])
+                .arg(&config),
+        )
+    };
+    let out = create("acme");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(token.len(), 64, "{token}");
+    // The same name twice is refused.
+    let again = create("acme");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    let _gw = start(&lab, &scratch, "gw.log");
+    let (code, body) = curl(&lab, "PUT", "/v1/devices/805ec0000099", Some(&token), Some("{}"));
+    assert_eq!(code, 201, "{body}");
+    assert!(body.contains("prov.acme.example"), "{body}");
+    // While the gateway holds the store, the command says how to proceed instead.
+    let busy = create("globex");
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("POST /v1/accounts"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+}

@@ -19,7 +19,7 @@ pub use ids::{Contact, ContactError, ContactHost, DeviceId, DeviceIdError};
 pub use ratelimit::RateLimiter;
 pub use redb_registry::RedbRegistry;
 pub use registry::{Account, AuditEntry, DeviceRecord, MemoryRegistry, Registry, RegistryError, Role, Txn};
-pub use service::{new_token, token_hash, Counters, Service, ServiceSettings};
+pub use service::{create_account, new_token, token_hash, AccountError, Counters, Service, ServiceSettings};
 
 #[cfg(test)]
 mod tests;

@@ -112,6 +112,70 @@ pub struct ServiceSettings {
     pub class_parameters: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// Why an account could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Name outside the allowed form.
+    #[error("an account name is 1-64 letters, digits, '-', '_' or '.', and not `admin`")]
+    Name,
+    /// Default contact malformed.
+    #[error("malformed default_contact: {0}")]
+    Contact(crate::ids::ContactError),
+    /// Name taken.
+    #[error("an account of that name exists")]
+    Exists,
+    /// The registry failed; nothing was created.
+    #[error(transparent)]
+    Storage(RegistryError),
+    /// No randomness for the token.
+    #[error("no randomness for a token: {0}")]
+    Randomness(String),
+}
+
+/// Creates an account (by `actor`, for the audit log) and returns its bearer token, which is
+/// shown this once: only its hash is kept. Used by `POST /v1/accounts` and `dialtone token create`.
+pub fn create_account(
+    registry: &dyn Registry,
+    actor: &str,
+    name: &str,
+    role: Role,
+    default_contact: Option<&str>,
+) -> Result<String, AccountError> {
+    let valid_name = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name != "admin";
+    if !valid_name {
+        return Err(AccountError::Name);
+    }
+    let default_contact =
+        default_contact.map(Contact::parse).transpose().map_err(AccountError::Contact)?.map(|c| c.to_blob());
+    let token = new_token().map_err(|e| AccountError::Randomness(e.to_string()))?;
+    let account = Account { name: name.to_owned(), role, token_hash: token_hash(&token), default_contact };
+    let now = now_secs();
+    let mut exists = false;
+    registry
+        .transact(&mut |txn| {
+            exists = txn.account(&account.name)?.is_some();
+            if exists {
+                return Ok(());
+            }
+            txn.put_account(account.clone())?;
+            txn.audit(AuditEntry {
+                seq: 0,
+                at: now,
+                actor: actor.to_owned(),
+                action: "account.create".into(),
+                subject: account.name.clone(),
+                owner: None,
+            })
+        })
+        .map_err(AccountError::Storage)?;
+    if exists {
+        return Err(AccountError::Exists);
+    }
+    Ok(token)
+}
+
 /// A management request's caller.
 struct Caller {
     name: String,
@@ -504,42 +568,14 @@ impl Service {
             return Err(forbidden());
         }
         let body: NewAccount = parse_json(&req.body)?;
-        let valid_name = (1..=64).contains(&body.name.len())
-            && body.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && body.name != "admin";
-        if !valid_name {
-            return Err(bad("an account name is 1-64 letters, digits, '-', '_' or '.', and not `admin`"));
-        }
-        let default_contact = match body.default_contact.as_deref().map(Contact::parse) {
-            Some(Ok(c)) => Some(c.to_blob()),
-            Some(Err(e)) => return Err(bad(&format!("malformed default_contact: {e}"))),
-            None => None,
-        };
-        let token = new_token().map_err(|e| internal(&RegistryError(format!("no randomness: {e}"))))?;
-        let account =
-            Account { name: body.name.clone(), role: body.role, token_hash: token_hash(&token), default_contact };
-        let now = now_secs();
-        let mut exists = false;
-        self.registry
-            .transact(&mut |txn| {
-                exists = txn.account(&account.name)?.is_some();
-                if exists {
-                    return Ok(());
-                }
-                txn.put_account(account.clone())?;
-                txn.audit(AuditEntry {
-                    seq: 0,
-                    at: now,
-                    actor: caller.name.clone(),
-                    action: "account.create".into(),
-                    subject: account.name.clone(),
-                    owner: None,
-                })
-            })
-            .map_err(|e| internal(&e))?;
-        if exists {
-            return Err(Response::error(StatusCode::CONFLICT, "an account of that name exists"));
-        }
+        let token =
+            create_account(&*self.registry, &caller.name, &body.name, body.role, body.default_contact.as_deref())
+                .map_err(|e| match e {
+                    AccountError::Exists => Response::error(StatusCode::CONFLICT, &e.to_string()),
+                    AccountError::Storage(e) => internal(&e),
+                    AccountError::Randomness(_) => internal(&RegistryError(e.to_string())),
+                    AccountError::Name | AccountError::Contact(_) => bad(&e.to_string()),
+                })?;
         self.counters.changes.fetch_add(1, Ordering::Relaxed);
         let role = serde_json::to_string(&body.role).unwrap_or_default();
         Ok(Response::json(
