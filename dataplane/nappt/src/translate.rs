@@ -141,6 +141,8 @@ const GATEWAY_TTL: u8 = 64;
 /// TOS of the messages the gateway builds: precedence 6, internetwork control (RFC 1812
 /// section 4.3.2.5).
 const GATEWAY_TOS: u8 = 0xC0;
+/// Frames whose table entries are loaded together before they are translated.
+const LOOKAHEAD: usize = 64;
 /// Bytes of the offending datagram's data quoted after its header (RFC 792).
 const QUOTED_DATA: usize = 8;
 
@@ -217,17 +219,72 @@ impl Nappt {
     /// millisecond clock); it only ages fragment-table entries. No allocation, lock, log or
     /// system call happens here.
     pub fn translate(&mut self, now_ms: u64, frames: &mut [Frame<'_>], out: &mut [Verdict]) {
-        for (frame, verdict) in frames.iter_mut().zip(out.iter_mut()) {
-            let result = match frame.side {
-                Side::Lan => self.translate_lan_frame(now_ms, frame),
-                Side::Wan => self.translate_wan_frame(now_ms, frame),
-            };
-            *verdict = result.unwrap_or_else(Verdict::Drop);
-            self.counters.count(*verdict);
+        let count = frames.len().min(out.len());
+        let mut start = 0;
+        while start < count {
+            let end = count.min(start + LOOKAHEAD);
+            self.look_ahead(&frames[start..end]);
+            for (frame, verdict) in frames[start..end].iter_mut().zip(out[start..end].iter_mut()) {
+                let result = match frame.side {
+                    Side::Lan => self.translate_lan_frame(now_ms, frame),
+                    Side::Wan => self.translate_wan_frame(now_ms, frame),
+                };
+                *verdict = result.unwrap_or_else(Verdict::Drop);
+                self.counters.count(*verdict);
+            }
+            start = end;
+        }
+    }
+
+    /// Loads every table entry the frames will need before any is translated, in two passes:
+    /// first where each entry is (reading only frame headers), then a tight loop of independent
+    /// loads, so the cache misses of up to [`LOOKAHEAD`] entries overlap instead of being paid
+    /// one after the other. A prefetch in safe code: with 16 MiB of tables for a million phones
+    /// most lookups miss the cache.
+    #[inline(always)]
+    fn look_ahead(&self, frames: &[Frame<'_>]) {
+        let mut targets = [Phone { class: 0, offset: u32::MAX }; LOOKAHEAD];
+        for (target, frame) in targets.iter_mut().zip(frames) {
+            if let Some(phone) = self.peek_phone(frame) {
+                *target = phone;
+            }
+        }
+        let mut touched = 0u8;
+        for target in &targets[..frames.len()] {
+            if let Some(entry) = self.classes.get(target.class).and_then(|t| t.entries.get(target.offset as usize)) {
+                touched ^= entry.flags();
+            }
+        }
+        std::hint::black_box(touched);
+    }
+
+    /// The phone whose entry translating `frame` will read, found with the fewest checks that
+    /// keep it in bounds (a guess: the translation proper decides).
+    #[inline(always)]
+    fn peek_phone(&self, frame: &Frame<'_>) -> Option<Phone> {
+        let bytes = frame.bytes();
+        let l2 = match bytes.get(12..14) {
+            Some([0x08, 0x00]) => 14,
+            Some([0x81, 0x00]) => 18,
+            _ => return None,
+        };
+        let header = bytes.get(l2..l2 + 20)?;
+        let word = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+        match frame.side {
+            Side::Lan => self.lan_phone(word(12)),
+            Side::Wan => {
+                let (class, index) = self.public_class(word(16))?;
+                let l4 = l2 + usize::from(header[0] & 0x0F) * 4;
+                let port_at = if header[9] == PROTOCOL_ICMP { l4 + 4 } else { l4 + 2 };
+                let &[hi, lo] = bytes.get(port_at..port_at + 2)? else { return None };
+                let table = &self.classes[class];
+                table.offset_for(index, u16::from_be_bytes([hi, lo])).map(|offset| Phone { class, offset })
+            }
         }
     }
 
     /// Ethernet and IPv4 parsing shared by both sides: `None` when the frame is not IPv4.
+    #[inline(always)]
     fn parse(frame: &Frame<'_>) -> Result<Option<Ip>, DropReason> {
         let bytes = frame.bytes();
         let eth = EthernetFrame::new_checked(bytes).map_err(|_| DropReason::Malformed)?;
@@ -253,6 +310,7 @@ impl Nappt {
     }
 
     /// Reads the transport header of a packet that is not a later fragment.
+    #[inline(always)]
     fn transport(frame: &Frame<'_>, ip: &Ip) -> Result<Transport, DropReason> {
         let l4 = &frame.buffer[ip.l4()..ip.end];
         match ip.protocol {
@@ -301,6 +359,7 @@ impl Nappt {
     }
 
     /// The leased phone owning `port` on public address `addr` (whose class and index are known).
+    #[inline(always)]
     fn public_phone(&self, class: usize, public_index: u32, port: u16) -> Result<Phone, DropReason> {
         let table = &self.classes[class];
         let offset = table.offset_for(public_index, port).ok_or(DropReason::DestinationNotPhone)?;
@@ -310,6 +369,7 @@ impl Nappt {
         Ok(Phone { class, offset })
     }
 
+    #[inline(always)]
     fn translate_lan_frame(&mut self, now_ms: u64, frame: &mut Frame<'_>) -> Result<Verdict, DropReason> {
         let Some(ip) = Self::parse(frame)? else { return Ok(Verdict::ToKernel) };
         if self.for_kernel_from_lan(ip.dst) {
@@ -380,6 +440,7 @@ impl Nappt {
         Ok(verdict)
     }
 
+    #[inline(always)]
     fn translate_wan_frame(&mut self, now_ms: u64, frame: &mut Frame<'_>) -> Result<Verdict, DropReason> {
         let Some(ip) = Self::parse(frame)? else { return Ok(Verdict::ToKernel) };
         let Some((class, public_index)) = self.public_class(ip.dst) else { return Ok(Verdict::ToKernel) };
@@ -618,6 +679,7 @@ impl Nappt {
         icmp.set_checksum(checksum);
     }
 
+    #[inline(always)]
     fn set_macs(frame: &mut Frame<'_>, src: [u8; 6], dst: [u8; 6]) {
         let mut eth = EthernetFrame::new_unchecked(&mut frame.buffer[..]);
         eth.set_dst_addr(dst);
