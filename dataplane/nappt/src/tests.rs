@@ -411,6 +411,49 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The fast paths give exactly the general path's verdict and bytes whenever they take a
+    /// frame (and leave it untouched when they do not).
+    #[test]
+    fn fast_paths_agree_with_the_general_path(
+        case in 0usize..67,
+        flips in proptest::collection::vec((0usize..60, any::<u8>()), 0..3),
+        wan in any::<bool>(),
+    ) {
+        let doc = vectors();
+        let (_, worker) = vector_worker(doc);
+        let cases = doc["cases"].as_array().expect("cases");
+        let mut input = unhex(text(&cases[case % cases.len()], "input"));
+        for (at, value) in flips {
+            let len = input.len();
+            input[at % len] = value;
+        }
+        let side = if wan { Side::Wan } else { Side::Lan };
+        let (mut fast_worker, mut slow_worker) = (worker.clone(), worker);
+        let mut fast_buffer = input.clone();
+        fast_buffer.resize(FRAME_CAPACITY, 0);
+        let mut slow_buffer = fast_buffer.clone();
+        let mut fast_frame = Frame::new(&mut fast_buffer, input.len(), side);
+        let fast = match side {
+            Side::Lan => fast_worker.fast_outbound(&mut fast_frame),
+            Side::Wan => fast_worker.fast_inbound(&mut fast_frame),
+        };
+        let fast_bytes = fast_frame.bytes().to_vec();
+        let mut slow_frame = Frame::new(&mut slow_buffer, input.len(), side);
+        let slow = match side {
+            Side::Lan => slow_worker.translate_lan_frame(0, &mut slow_frame),
+            Side::Wan => slow_worker.translate_wan_frame(0, &mut slow_frame),
+        };
+        match fast {
+            Some(verdict) => {
+                prop_assert_eq!(Ok(verdict), slow);
+                prop_assert_eq!(hex(&fast_bytes), hex(slow_frame.bytes()));
+            }
+            None => prop_assert_eq!(hex(&fast_bytes), hex(&input)),
+        }
+    }
+}
+
 #[test]
 fn updates_out_of_range_are_refused() {
     let (_, mut worker) = property_worker(&[]);

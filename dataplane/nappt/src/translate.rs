@@ -132,6 +132,9 @@ pub struct Nappt {
     lan_mac: Option<[u8; 6]>,
     wan_mac: Option<[u8; 6]>,
     next_hop_mac: Option<[u8; 6]>,
+    /// First public address of any class and the span to the last one (inclusive range as
+    /// `base, len`): addresses outside it are in no public pool.
+    public_hull: (u32, u32),
     fragments: FragmentTable,
     counters: Counters,
 }
@@ -153,8 +156,13 @@ impl Nappt {
     pub fn new(config: &Config, hash_seed: u64) -> Self {
         let lan = config.lan.address;
         let timeout_ms = u64::try_from(config.dataplane.fragment_timeout.as_millis()).unwrap_or(u64::MAX);
+        let classes: Vec<ClassTable> = config.classes.iter().map(ClassTable::new).collect();
+        let low = classes.iter().map(|c| c.public_base).min().unwrap_or(0);
+        let high = classes.iter().map(|c| u64::from(c.public_base) + u64::from(c.public_addresses)).max().unwrap_or(0);
+        let span = u32::try_from(high.saturating_sub(u64::from(low))).unwrap_or(u32::MAX);
         Self {
-            classes: config.classes.iter().map(ClassTable::new).collect(),
+            classes,
+            public_hull: (low, span),
             lan_addr: u32::from(lan.addr()),
             lan_net: u32::from(lan.network()),
             lan_mask: u32::from(lan.netmask()),
@@ -225,15 +233,84 @@ impl Nappt {
             let end = count.min(start + LOOKAHEAD);
             self.look_ahead(&frames[start..end]);
             for (frame, verdict) in frames[start..end].iter_mut().zip(out[start..end].iter_mut()) {
-                let result = match frame.side {
-                    Side::Lan => self.translate_lan_frame(now_ms, frame),
-                    Side::Wan => self.translate_wan_frame(now_ms, frame),
+                let fast = match frame.side {
+                    Side::Lan => self.fast_outbound(frame),
+                    Side::Wan => self.fast_inbound(frame),
                 };
-                *verdict = result.unwrap_or_else(Verdict::Drop);
+                *verdict = match fast {
+                    Some(verdict) => verdict,
+                    None => match frame.side {
+                        Side::Lan => self.translate_lan_frame(now_ms, frame),
+                        Side::Wan => self.translate_wan_frame(now_ms, frame),
+                    }
+                    .unwrap_or_else(Verdict::Drop),
+                };
                 self.counters.count(*verdict);
             }
             start = end;
         }
+    }
+
+    /// The common outbound case in one pass over fixed offsets: an unfragmented UDP or TCP
+    /// packet without IP options from a leased phone, port in its block, TTL above 1, to a
+    /// destination that is neither the gateway nor a public pool. Anything else, and every
+    /// drop, returns `None` before a byte is written, and takes the general path, which gives
+    /// the same result (the golden vectors and properties run through both).
+    #[inline(always)]
+    pub(crate) fn fast_outbound(&mut self, frame: &mut Frame<'_>) -> Option<Verdict> {
+        let (src_mac, dst_mac) = (self.wan_mac?, self.next_hop_mac?);
+        let l2 = fast_l2(frame)?;
+        let ip: &mut [u8; FAST_L3_LEN] = frame.buffer.get_mut(l2..l2 + FAST_L3_LEN)?.try_into().ok()?;
+        let (protocol, end) = fast_l3(ip, frame.len.checked_sub(l2)?)?;
+        let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        if self.for_kernel_from_lan(dst) || self.public_class(dst).is_some() {
+            return None;
+        }
+        let phone = self.lan_phone(src)?;
+        let table = &self.classes[phone.class];
+        if !table.entry(phone.offset).is_leased() {
+            return None;
+        }
+        let (public, port_lo) = table.block_of(phone.offset);
+        let sport = u16::from_be_bytes([ip[20], ip[21]]);
+        if sport.wrapping_sub(port_lo) >= table.ports_per_phone {
+            return None;
+        }
+        let mut addresses = Incremental::new();
+        addresses.replace32(src, public);
+        fast_rewrite(ip, protocol, end, &addresses);
+        ip[12..16].copy_from_slice(&public.to_be_bytes());
+        frame.buffer[..6].copy_from_slice(&dst_mac);
+        frame.buffer[6..12].copy_from_slice(&src_mac);
+        Some(Verdict::ToWan)
+    }
+
+    /// The common inbound case, as [`Nappt::fast_outbound`]: an unfragmented UDP or TCP packet
+    /// without IP options to a leased phone's public address and port, TTL above 1.
+    #[inline(always)]
+    pub(crate) fn fast_inbound(&mut self, frame: &mut Frame<'_>) -> Option<Verdict> {
+        let src_mac = self.lan_mac?;
+        let l2 = fast_l2(frame)?;
+        let ip: &mut [u8; FAST_L3_LEN] = frame.buffer.get_mut(l2..l2 + FAST_L3_LEN)?.try_into().ok()?;
+        let (protocol, end) = fast_l3(ip, frame.len.checked_sub(l2)?)?;
+        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        let (class, public_index) = self.public_class(dst)?;
+        let table = &self.classes[class];
+        let offset = table.offset_for(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
+        let entry = table.entry(offset);
+        if !entry.is_leased() {
+            return None;
+        }
+        let private = table.address_at(offset);
+        let dst_mac = entry.mac();
+        let mut addresses = Incremental::new();
+        addresses.replace32(dst, private);
+        fast_rewrite(ip, protocol, end, &addresses);
+        ip[16..20].copy_from_slice(&private.to_be_bytes());
+        frame.buffer[..6].copy_from_slice(&dst_mac);
+        frame.buffer[6..12].copy_from_slice(&src_mac);
+        Some(Verdict::ToLan)
     }
 
     /// Loads every table entry the frames will need before any is translated, in two passes:
@@ -355,6 +432,10 @@ impl Nappt {
 
     #[inline(always)]
     fn public_class(&self, addr: u32) -> Option<(usize, u32)> {
+        // Most outbound destinations are nowhere near a public pool: one range check first.
+        if addr.wrapping_sub(self.public_hull.0) >= self.public_hull.1 {
+            return None;
+        }
         self.classes.iter().enumerate().find_map(|(class, table)| table.public_index(addr).map(|i| (class, i)))
     }
 
@@ -370,7 +451,7 @@ impl Nappt {
     }
 
     #[inline(always)]
-    fn translate_lan_frame(&mut self, now_ms: u64, frame: &mut Frame<'_>) -> Result<Verdict, DropReason> {
+    pub(crate) fn translate_lan_frame(&mut self, now_ms: u64, frame: &mut Frame<'_>) -> Result<Verdict, DropReason> {
         let Some(ip) = Self::parse(frame)? else { return Ok(Verdict::ToKernel) };
         if self.for_kernel_from_lan(ip.dst) {
             return Ok(Verdict::ToKernel);
@@ -441,7 +522,7 @@ impl Nappt {
     }
 
     #[inline(always)]
-    fn translate_wan_frame(&mut self, now_ms: u64, frame: &mut Frame<'_>) -> Result<Verdict, DropReason> {
+    pub(crate) fn translate_wan_frame(&mut self, now_ms: u64, frame: &mut Frame<'_>) -> Result<Verdict, DropReason> {
         let Some(ip) = Self::parse(frame)? else { return Ok(Verdict::ToKernel) };
         let Some((class, public_index)) = self.public_class(ip.dst) else { return Ok(Verdict::ToKernel) };
         if ip.later_fragment {
@@ -685,6 +766,59 @@ impl Nappt {
         eth.set_dst_addr(dst);
         eth.set_src_addr(src);
     }
+}
+
+/// IPv4 header without options plus the first 20 bytes of the transport header: what the fast
+/// paths read and write (a TCP checksum is at bytes 16..18 of its header).
+const FAST_L3_LEN: usize = 40;
+
+/// Ethernet header length when the frame is IPv4 (tagged or not).
+#[inline(always)]
+fn fast_l2(frame: &Frame<'_>) -> Option<usize> {
+    let bytes = frame.bytes();
+    match bytes.get(12..14)? {
+        [0x08, 0x00] => Some(14),
+        [0x81, 0x00] if bytes.get(16..18)? == [0x08, 0x00] => Some(18),
+        _ => None,
+    }
+}
+
+/// For a fast-path packet (`available` bytes from the IP header on): its protocol and the end of
+/// its transport header's checksum, or `None` when it needs the general path.
+#[inline(always)]
+fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<(u8, usize)> {
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let unfragmented = u16::from_be_bytes([ip[6], ip[7]]) & 0x3FFF == 0;
+    let protocol = ip[9];
+    let needed = match protocol {
+        PROTOCOL_UDP => ipv4::MIN_HEADER_LEN + udp::HEADER_LEN,
+        PROTOCOL_TCP => ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN,
+        _ => return None,
+    };
+    let tcp_header_len = usize::from(ip[32] >> 4) * 4;
+    let tcp_offset_ok = protocol == PROTOCOL_UDP
+        || (tcp_header_len >= tcp::MIN_HEADER_LEN && tcp_header_len <= total.saturating_sub(ipv4::MIN_HEADER_LEN));
+    (ip[0] == 0x45 && unfragmented && ip[8] > 1 && total >= needed && total <= available && tcp_offset_ok)
+        .then_some((protocol, total))
+}
+
+/// Applies an address change to the fast-path packet: transport checksum (UDP 0 stays 0), TTL
+/// and header checksum. The caller writes the address itself.
+#[inline(always)]
+fn fast_rewrite(ip: &mut [u8; FAST_L3_LEN], protocol: u8, _end: usize, addresses: &Incremental) {
+    if protocol == PROTOCOL_UDP {
+        let old = u16::from_be_bytes([ip[26], ip[27]]);
+        ip[26..28].copy_from_slice(&addresses.apply_udp(old).to_be_bytes());
+    } else {
+        let old = u16::from_be_bytes([ip[36], ip[37]]);
+        ip[36..38].copy_from_slice(&addresses.apply(old).to_be_bytes());
+    }
+    let mut header = *addresses;
+    let ttl_protocol = u16::from_be_bytes([ip[8], ip[9]]);
+    header.replace16(ttl_protocol, ttl_protocol.wrapping_sub(0x0100));
+    let old = u16::from_be_bytes([ip[10], ip[11]]);
+    ip[10..12].copy_from_slice(&header.apply(old).to_be_bytes());
+    ip[8] -= 1;
 }
 
 /// Which quoted address a translation changes.
