@@ -9,33 +9,51 @@
 use dialtone_config::{MacAddr, PhoneClass};
 
 /// Number of remapped echo identifiers one phone can have outstanding (RFC 5508 REQ-7 allows a
-/// translator to remap identifiers; four concurrent out-of-block pings per phone is plenty for
-/// a desk phone, and a fifth replaces the oldest).
-pub const ECHO_SLOTS: usize = 4;
+/// translator to remap identifiers; three concurrent out-of-block pings per phone is plenty for
+/// a desk phone, and a fourth replaces the oldest).
+pub const ECHO_SLOTS: usize = 3;
 
 const LEASED: u8 = 1;
 
-/// What a worker knows about one phone offset: 16 bytes.
+/// What every translation reads about one phone offset: 8 bytes, so a cache line holds eight
+/// phones and a million phones take 8 MiB.
 ///
 /// ```text
-/// +-------------+-------+------+-----------------------------------+
-/// | MAC (6)     | flags | next | echo originals: 4 x u16           |
-/// +-------------+-------+------+-----------------------------------+
-/// flags: bit 0 leased, bits 4..7 echo slot i valid
-/// next:  round-robin victim for the next echo slot
+/// +-------------+-------+----------+
+/// | MAC (6)     | flags | reserved |
+/// +-------------+-------+----------+
+/// flags: bit 0 leased
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct PhoneEntry {
     mac: [u8; 6],
     flags: u8,
-    echo_next: u8,
-    echo_original: [u16; ECHO_SLOTS],
+    reserved: u8,
 }
 
-/// Bytes of per-phone state a worker holds.
-pub const BYTES_PER_PHONE: usize = size_of::<PhoneEntry>();
-const _: () = assert!(BYTES_PER_PHONE == 16);
+/// The per-phone reverse table of remapped echo identifiers: 8 bytes, kept apart from
+/// [`PhoneEntry`] because only ICMP echo touches it.
+///
+/// ```text
+/// +-----------------------------+-------+------+
+/// | echo originals: 3 x u16     | valid | next |
+/// +-----------------------------+-------+------+
+/// valid: bit i set when slot i holds an original; next: round-robin victim
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EchoSlots {
+    original: [u16; ECHO_SLOTS],
+    valid: u8,
+    next: u8,
+}
+
+/// Bytes of per-phone state read by every translation.
+pub const HOT_BYTES_PER_PHONE: usize = size_of::<PhoneEntry>();
+/// Bytes of per-phone state a worker holds in all.
+pub const BYTES_PER_PHONE: usize = size_of::<PhoneEntry>() + size_of::<EchoSlots>();
+const _: () = assert!(HOT_BYTES_PER_PHONE == 8 && BYTES_PER_PHONE == 16);
 
 impl PhoneEntry {
     /// True when the phone holds a lease.
@@ -44,7 +62,7 @@ impl PhoneEntry {
         self.flags & LEASED != 0
     }
 
-    /// The raw flags byte (leased bit, echo slot bits).
+    /// The raw flags byte.
     #[inline(always)]
     pub fn flags(&self) -> u8 {
         self.flags
@@ -55,9 +73,11 @@ impl PhoneEntry {
     pub fn mac(&self) -> [u8; 6] {
         self.mac
     }
+}
 
+impl EchoSlots {
     fn slot_valid(&self, slot: usize) -> bool {
-        self.flags & (0x10 << slot) != 0
+        self.valid & (1 << slot) != 0
     }
 
     /// Outbound echo request with identifier `ident` from a phone whose block starts at
@@ -75,11 +95,11 @@ impl PhoneEntry {
             if !self.slot_valid(slot) {
                 continue;
             }
-            let original = self.echo_original[slot];
+            let original = self.original[slot];
             if !in_block && original == ident {
                 reuse = Some(slot);
             } else if port_lo | (original & mask) == mapped {
-                self.flags &= !(0x10 << slot);
+                self.valid &= !(1 << slot);
             }
         }
         if in_block {
@@ -90,14 +110,14 @@ impl PhoneEntry {
             None => {
                 let free = (0..ECHO_SLOTS).find(|s| !self.slot_valid(*s));
                 free.unwrap_or_else(|| {
-                    let victim = usize::from(self.echo_next) % ECHO_SLOTS;
-                    self.echo_next = self.echo_next.wrapping_add(1);
+                    let victim = usize::from(self.next) % ECHO_SLOTS;
+                    self.next = self.next.wrapping_add(1);
                     victim
                 })
             }
         };
-        self.echo_original[slot] = ident;
-        self.flags |= 0x10 << slot;
+        self.original[slot] = ident;
+        self.valid |= 1 << slot;
         (mapped, true)
     }
 
@@ -105,7 +125,7 @@ impl PhoneEntry {
     pub fn echo_inbound(&self, mapped: u16, port_lo: u16, ports: u16) -> u16 {
         let mask = ports - 1;
         for slot in 0..ECHO_SLOTS {
-            let original = self.echo_original[slot];
+            let original = self.original[slot];
             if self.slot_valid(slot) && port_lo | (original & mask) == mapped {
                 return original;
             }
@@ -167,6 +187,8 @@ pub struct ClassTable {
     pub(crate) per_address: Divisor,
     /// One entry per offset.
     pub(crate) entries: Vec<PhoneEntry>,
+    /// One echo reverse table per offset.
+    pub(crate) echo: Vec<EchoSlots>,
 }
 
 impl ClassTable {
@@ -184,6 +206,7 @@ impl ClassTable {
             blocks_per_address: plan.blocks_per_address,
             per_address: Divisor::new(plan.blocks_per_address),
             entries: vec![PhoneEntry::default(); plan.phones as usize],
+            echo: vec![EchoSlots::default(); plan.phones as usize],
         }
     }
 
@@ -233,10 +256,16 @@ impl ClassTable {
         &self.entries[offset as usize]
     }
 
-    /// The entry at `offset` (< phones), writable.
+    /// The echo reverse table at `offset` (< phones).
     #[inline(always)]
-    pub fn entry_mut(&mut self, offset: u32) -> &mut PhoneEntry {
-        &mut self.entries[offset as usize]
+    pub fn echo_slots(&self, offset: u32) -> &EchoSlots {
+        &self.echo[offset as usize]
+    }
+
+    /// The echo reverse table at `offset` (< phones), writable.
+    #[inline(always)]
+    pub fn echo_slots_mut(&mut self, offset: u32) -> &mut EchoSlots {
+        &mut self.echo[offset as usize]
     }
 
     /// Bytes of per-phone state this table holds.
@@ -245,11 +274,13 @@ impl ClassTable {
     }
 
     pub(crate) fn lease_up(&mut self, offset: u32, mac: MacAddr) {
-        self.entries[offset as usize] = PhoneEntry { mac: mac.0, flags: LEASED, echo_next: 0, echo_original: [0; 4] };
+        self.entries[offset as usize] = PhoneEntry { mac: mac.0, flags: LEASED, reserved: 0 };
+        self.echo[offset as usize] = EchoSlots::default();
     }
 
     pub(crate) fn lease_down(&mut self, offset: u32) {
         self.entries[offset as usize] = PhoneEntry::default();
+        self.echo[offset as usize] = EchoSlots::default();
     }
 }
 
@@ -373,7 +404,7 @@ mod tests {
             block in 1u16..63,
         ) {
             let port_lo = 1024 * block;
-            let mut entry = PhoneEntry::default();
+            let mut entry = EchoSlots::default();
             let mut live: Vec<(u16, u16)> = Vec::new();
             for ident in idents {
                 let (mapped, remapped) = entry.echo_outbound(ident, port_lo, 1024);

@@ -231,12 +231,31 @@ impl Nappt {
         let mut start = 0;
         while start < count {
             let end = count.min(start + LOOKAHEAD);
-            self.look_ahead(&frames[start..end]);
-            for (frame, verdict) in frames[start..end].iter_mut().zip(out[start..end].iter_mut()) {
-                let fast = match frame.side {
-                    Side::Lan => self.fast_outbound(frame),
-                    Side::Wan => self.fast_inbound(frame),
+            // Phase 1: find each fast-path frame's phone from its headers alone.
+            let mut located = [None; LOOKAHEAD];
+            for (slot, frame) in located.iter_mut().zip(&frames[start..end]) {
+                *slot = match frame.side {
+                    Side::Lan => self.locate_outbound(frame),
+                    Side::Wan => self.locate_inbound(frame),
                 };
+            }
+            // Phase 2: load their table entries in a tight loop of independent loads, so the
+            // cache misses of the whole batch overlap instead of being paid one after the other
+            // (the safe-code prefetch: with 8 MiB of hot table for a million phones most lookups
+            // miss the cache, and `_mm_prefetch` would need `unsafe`).
+            let mut touched = 0u8;
+            for at in located.iter().take(end - start).flatten() {
+                if let Some(entry) = self.classes.get(at.class).and_then(|t| t.entries.get(at.offset as usize)) {
+                    touched ^= entry.flags();
+                }
+            }
+            std::hint::black_box(touched);
+            // Phase 3: translate, by the fast path where it applies, else the general one.
+            for ((frame, verdict), at) in frames[start..end].iter_mut().zip(out[start..end].iter_mut()).zip(located) {
+                let fast = at.and_then(|at| match frame.side {
+                    Side::Lan => self.apply_outbound(frame, at),
+                    Side::Wan => self.apply_inbound(frame, at),
+                });
                 *verdict = match fast {
                     Some(verdict) => verdict,
                     None => match frame.side {
@@ -251,113 +270,94 @@ impl Nappt {
         }
     }
 
-    /// The common outbound case in one pass over fixed offsets: an unfragmented UDP or TCP
-    /// packet without IP options from a leased phone, port in its block, TTL above 1, to a
-    /// destination that is neither the gateway nor a public pool. Anything else, and every
-    /// drop, returns `None` before a byte is written, and takes the general path, which gives
-    /// the same result (the golden vectors and properties run through both).
+    /// The common outbound case, located: an unfragmented UDP or TCP packet without IP
+    /// options from a phone address, TTL above 1, to a destination that is neither the gateway
+    /// nor a public pool. Reads headers only.
     #[inline(always)]
-    pub(crate) fn fast_outbound(&mut self, frame: &mut Frame<'_>) -> Option<Verdict> {
-        let (src_mac, dst_mac) = (self.wan_mac?, self.next_hop_mac?);
-        let l2 = fast_l2(frame)?;
-        let ip: &mut [u8; FAST_L3_LEN] = frame.buffer.get_mut(l2..l2 + FAST_L3_LEN)?.try_into().ok()?;
-        let (protocol, end) = fast_l3(ip, frame.len.checked_sub(l2)?)?;
+    fn locate_outbound(&self, frame: &Frame<'_>) -> Option<Located> {
+        let (l2, ip, protocol) = fast_headers(frame)?;
         let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
         if self.for_kernel_from_lan(dst) || self.public_class(dst).is_some() {
             return None;
         }
         let phone = self.lan_phone(src)?;
-        let table = &self.classes[phone.class];
-        if !table.entry(phone.offset).is_leased() {
+        Some(Located { l2, protocol, class: phone.class, offset: phone.offset })
+    }
+
+    /// The common inbound case, located: an unfragmented UDP or TCP packet without IP options
+    /// to a public address and port some phone of the plan owns, TTL above 1.
+    #[inline(always)]
+    fn locate_inbound(&self, frame: &Frame<'_>) -> Option<Located> {
+        let (l2, ip, protocol) = fast_headers(frame)?;
+        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        let (class, public_index) = self.public_class(dst)?;
+        let offset = self.classes[class].offset_for(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
+        Some(Located { l2, protocol, class, offset })
+    }
+
+    /// Finishes a located outbound frame: leased, port in block, MACs known, then rewritten.
+    /// Returns `None` before writing a byte when any of it fails, and the general path (which
+    /// gives the same result, a property test checks) takes the frame.
+    #[inline(always)]
+    fn apply_outbound(&mut self, frame: &mut Frame<'_>, at: Located) -> Option<Verdict> {
+        let (src_mac, dst_mac) = (self.wan_mac?, self.next_hop_mac?);
+        let table = &self.classes[at.class];
+        if !table.entry(at.offset).is_leased() {
             return None;
         }
-        let (public, port_lo) = table.block_of(phone.offset);
+        let (public, port_lo) = table.block_of(at.offset);
+        let ports = table.ports_per_phone;
+        let ip: &mut [u8; FAST_L3_LEN] = frame.buffer.get_mut(at.l2..at.l2 + FAST_L3_LEN)?.try_into().ok()?;
         let sport = u16::from_be_bytes([ip[20], ip[21]]);
-        if sport.wrapping_sub(port_lo) >= table.ports_per_phone {
+        if sport.wrapping_sub(port_lo) >= ports {
             return None;
         }
+        let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
         let mut addresses = Incremental::new();
         addresses.replace32(src, public);
-        fast_rewrite(ip, protocol, end, &addresses);
+        fast_rewrite(ip, at.protocol, &addresses);
         ip[12..16].copy_from_slice(&public.to_be_bytes());
         frame.buffer[..6].copy_from_slice(&dst_mac);
         frame.buffer[6..12].copy_from_slice(&src_mac);
         Some(Verdict::ToWan)
     }
 
-    /// The common inbound case, as [`Nappt::fast_outbound`]: an unfragmented UDP or TCP packet
-    /// without IP options to a leased phone's public address and port, TTL above 1.
+    /// Finishes a located inbound frame: leased, LAN MAC known, then rewritten (as
+    /// [`Nappt::apply_outbound`]).
     #[inline(always)]
-    pub(crate) fn fast_inbound(&mut self, frame: &mut Frame<'_>) -> Option<Verdict> {
+    fn apply_inbound(&mut self, frame: &mut Frame<'_>, at: Located) -> Option<Verdict> {
         let src_mac = self.lan_mac?;
-        let l2 = fast_l2(frame)?;
-        let ip: &mut [u8; FAST_L3_LEN] = frame.buffer.get_mut(l2..l2 + FAST_L3_LEN)?.try_into().ok()?;
-        let (protocol, end) = fast_l3(ip, frame.len.checked_sub(l2)?)?;
-        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        let (class, public_index) = self.public_class(dst)?;
-        let table = &self.classes[class];
-        let offset = table.offset_for(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
-        let entry = table.entry(offset);
+        let table = &self.classes[at.class];
+        let entry = table.entry(at.offset);
         if !entry.is_leased() {
             return None;
         }
-        let private = table.address_at(offset);
+        let private = table.address_at(at.offset);
         let dst_mac = entry.mac();
+        let ip: &mut [u8; FAST_L3_LEN] = frame.buffer.get_mut(at.l2..at.l2 + FAST_L3_LEN)?.try_into().ok()?;
+        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
         let mut addresses = Incremental::new();
         addresses.replace32(dst, private);
-        fast_rewrite(ip, protocol, end, &addresses);
+        fast_rewrite(ip, at.protocol, &addresses);
         ip[16..20].copy_from_slice(&private.to_be_bytes());
         frame.buffer[..6].copy_from_slice(&dst_mac);
         frame.buffer[6..12].copy_from_slice(&src_mac);
         Some(Verdict::ToLan)
     }
 
-    /// Loads every table entry the frames will need before any is translated, in two passes:
-    /// first where each entry is (reading only frame headers), then a tight loop of independent
-    /// loads, so the cache misses of up to [`LOOKAHEAD`] entries overlap instead of being paid
-    /// one after the other. A prefetch in safe code: with 16 MiB of tables for a million phones
-    /// most lookups miss the cache.
-    #[inline(always)]
-    fn look_ahead(&self, frames: &[Frame<'_>]) {
-        let mut targets = [Phone { class: 0, offset: u32::MAX }; LOOKAHEAD];
-        for (target, frame) in targets.iter_mut().zip(frames) {
-            if let Some(phone) = self.peek_phone(frame) {
-                *target = phone;
-            }
-        }
-        let mut touched = 0u8;
-        for target in &targets[..frames.len()] {
-            if let Some(entry) = self.classes.get(target.class).and_then(|t| t.entries.get(target.offset as usize)) {
-                touched ^= entry.flags();
-            }
-        }
-        std::hint::black_box(touched);
+    /// The outbound fast path on one frame (located and applied), for tests.
+    #[cfg(test)]
+    pub(crate) fn fast_outbound(&mut self, frame: &mut Frame<'_>) -> Option<Verdict> {
+        let at = self.locate_outbound(frame)?;
+        self.apply_outbound(frame, at)
     }
 
-    /// The phone whose entry translating `frame` will read, found with the fewest checks that
-    /// keep it in bounds (a guess: the translation proper decides).
-    #[inline(always)]
-    fn peek_phone(&self, frame: &Frame<'_>) -> Option<Phone> {
-        let bytes = frame.bytes();
-        let l2 = match bytes.get(12..14) {
-            Some([0x08, 0x00]) => 14,
-            Some([0x81, 0x00]) => 18,
-            _ => return None,
-        };
-        let header = bytes.get(l2..l2 + 20)?;
-        let word = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
-        match frame.side {
-            Side::Lan => self.lan_phone(word(12)),
-            Side::Wan => {
-                let (class, index) = self.public_class(word(16))?;
-                let l4 = l2 + usize::from(header[0] & 0x0F) * 4;
-                let port_at = if header[9] == PROTOCOL_ICMP { l4 + 4 } else { l4 + 2 };
-                let &[hi, lo] = bytes.get(port_at..port_at + 2)? else { return None };
-                let table = &self.classes[class];
-                table.offset_for(index, u16::from_be_bytes([hi, lo])).map(|offset| Phone { class, offset })
-            }
-        }
+    /// The inbound fast path on one frame (located and applied), for tests.
+    #[cfg(test)]
+    pub(crate) fn fast_inbound(&mut self, frame: &mut Frame<'_>) -> Option<Verdict> {
+        let at = self.locate_inbound(frame)?;
+        self.apply_inbound(frame, at)
     }
 
     /// Ethernet and IPv4 parsing shared by both sides: `None` when the frame is not IPv4.
@@ -501,7 +501,7 @@ impl Nappt {
             Transport::Echo { request, ident } => {
                 if request {
                     let (mapped, remapped) =
-                        self.classes[phone.class].entry_mut(phone.offset).echo_outbound(ident, port_lo, ports);
+                        self.classes[phone.class].echo_slots_mut(phone.offset).echo_outbound(ident, port_lo, ports);
                     if remapped {
                         self.counters.echo_remapped += 1;
                         Self::set_echo_ident(frame, ip.l4(), ident, mapped);
@@ -551,7 +551,7 @@ impl Nappt {
             Transport::Ports { .. } => Self::fix_transport_checksum(frame, &ip, &addresses),
             Transport::Echo { request: false, ident } => {
                 let (_, port_lo) = table.block_of(phone.offset);
-                let original = entry.echo_inbound(ident, port_lo, table.ports_per_phone);
+                let original = table.echo_slots(phone.offset).echo_inbound(ident, port_lo, table.ports_per_phone);
                 if original != ident {
                     Self::set_echo_ident(frame, ip.l4(), ident, original);
                 }
@@ -623,7 +623,7 @@ impl Nappt {
         let restored_ident = match quote.echo {
             Some(ident) => {
                 let (_, port_lo) = table.block_of(phone.offset);
-                Some((ident, entry.echo_inbound(ident, port_lo, table.ports_per_phone)))
+                Some((ident, table.echo_slots(phone.offset).echo_inbound(ident, port_lo, table.ports_per_phone)))
             }
             None => None,
         };
@@ -783,10 +783,33 @@ fn fast_l2(frame: &Frame<'_>) -> Option<usize> {
     }
 }
 
-/// For a fast-path packet (`available` bytes from the IP header on): its protocol and the end of
-/// its transport header's checksum, or `None` when it needs the general path.
+/// A frame the fast path can take, located in phase 1 of [`Nappt::translate`].
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    /// Ethernet header length.
+    l2: usize,
+    /// UDP or TCP.
+    protocol: u8,
+    /// The phone's class.
+    class: usize,
+    /// The phone's offset.
+    offset: u32,
+}
+
+/// Ethernet header length, the first [`FAST_L3_LEN`] bytes from the IP header and the protocol
+/// of a frame the fast paths can take.
 #[inline(always)]
-fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<(u8, usize)> {
+fn fast_headers<'f>(frame: &'f Frame<'_>) -> Option<(usize, &'f [u8; FAST_L3_LEN], u8)> {
+    let l2 = fast_l2(frame)?;
+    let ip: &[u8; FAST_L3_LEN] = frame.buffer.get(l2..l2 + FAST_L3_LEN)?.try_into().ok()?;
+    let protocol = fast_l3(ip, frame.len.checked_sub(l2)?)?;
+    Some((l2, ip, protocol))
+}
+
+/// For a fast-path packet (`available` bytes from the IP header on): its protocol, or `None`
+/// when it needs the general path.
+#[inline(always)]
+fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<u8> {
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let unfragmented = u16::from_be_bytes([ip[6], ip[7]]) & 0x3FFF == 0;
     let protocol = ip[9];
@@ -799,13 +822,13 @@ fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<(u8, usize)> {
     let tcp_offset_ok = protocol == PROTOCOL_UDP
         || (tcp_header_len >= tcp::MIN_HEADER_LEN && tcp_header_len <= total.saturating_sub(ipv4::MIN_HEADER_LEN));
     (ip[0] == 0x45 && unfragmented && ip[8] > 1 && total >= needed && total <= available && tcp_offset_ok)
-        .then_some((protocol, total))
+        .then_some(protocol)
 }
 
 /// Applies an address change to the fast-path packet: transport checksum (UDP 0 stays 0), TTL
 /// and header checksum. The caller writes the address itself.
 #[inline(always)]
-fn fast_rewrite(ip: &mut [u8; FAST_L3_LEN], protocol: u8, _end: usize, addresses: &Incremental) {
+fn fast_rewrite(ip: &mut [u8; FAST_L3_LEN], protocol: u8, addresses: &Incremental) {
     if protocol == PROTOCOL_UDP {
         let old = u16::from_be_bytes([ip[26], ip[27]]);
         ip[26..28].copy_from_slice(&addresses.apply_udp(old).to_be_bytes());
