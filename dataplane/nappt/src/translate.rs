@@ -251,6 +251,8 @@ impl Nappt {
             }
             std::hint::black_box(touched);
             // Phase 3: translate, by the fast path where it applies, else the general one.
+            // Forwarding counts are kept in registers and flushed once per batch.
+            let (mut to_wan, mut to_lan) = (0u64, 0u64);
             for ((frame, verdict), at) in frames[start..end].iter_mut().zip(out[start..end].iter_mut()).zip(located) {
                 let fast = at.and_then(|at| match frame.side {
                     Side::Lan => self.apply_outbound(frame, at),
@@ -264,8 +266,14 @@ impl Nappt {
                     }
                     .unwrap_or_else(Verdict::Drop),
                 };
-                self.counters.count(*verdict);
+                match *verdict {
+                    Verdict::ToWan => to_wan += 1,
+                    Verdict::ToLan => to_lan += 1,
+                    other => self.counters.count(other),
+                }
             }
+            self.counters.to_wan += to_wan;
+            self.counters.to_lan += to_lan;
             start = end;
         }
     }
