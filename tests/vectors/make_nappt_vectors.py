@@ -188,7 +188,7 @@ add("echo_reply_outside_block_restored", "wan", wan_in_eth() / echo(REMOTE, P5["
     lan_out_eth(P5) / echo(REMOTE, P5["ip"], 0, 0x1234, 63))
 add("echo_reply_from_phone_outside_block", "lan", lan_eth(P5) / echo(P5["ip"], REMOTE, 0, 0x0042),
     "drop:port_outside_block")
-add("icmp_timestamp_unsupported", "lan", lan_eth(P5) / ip(P5["ip"], REMOTE) / ICMP(type=13, id=6500),
+add("icmp_timestamp_unsupported", "lan", lan_eth(P5) / ip(P5["ip"], REMOTE) / ICMP(type=13, id=6500, ts_ori=1, ts_rx=2, ts_tx=3),
     "drop:unsupported_icmp")
 
 # ---------------------------------------------------------------- ICMP errors, inbound (RFC 5508)
