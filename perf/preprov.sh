@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 DEVICES=${DEVICES:-1000000}
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-10}
-CONNECTIONS=${CONNECTIONS:-64}
+CONNECTIONS=${CONNECTIONS:-32}
 SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 
@@ -34,6 +34,7 @@ cleanup() {
 trap cleanup EXIT
 scripts/lab.sh up --prefix "$prefix" >/dev/null
 ip -n "$prefix-phones" addr add 100.64.200.10/16 dev eth0
+ip -n "$prefix-phones" addr add 100.64.200.11/16 dev eth0
 in_phones() { ip netns exec "$prefix-phones" "$@"; }
 
 # The lab configuration, with the per-source limit lifted (all load comes from one address) and
@@ -115,6 +116,42 @@ for run in $(seq "$RUNS"); do
   echo "run $run: dialtone $(tail -1 "$work/dialtone.runs") | nginx $(tail -1 "$work/nginx.runs")" >&2
 done
 
+# Inquiries while 2,000 slow clients (another address) hold connections open with unfinished
+# requests: wrk at 8 connections, latency percentiles only.
+cat > "$work/slow.py" <<'PY'
+import socket, time
+socks = []
+for i in range(2000):
+    s = socket.create_connection(("100.64.0.1", 8080), timeout=5, source_address=("100.64.200.11", 0))
+    s.sendall(b"GET /v1/contact/aa0000000001 HTTP/1.1\r\nHost: lab\r\n")
+    socks.append(s)
+print("holding", len(socks), flush=True)
+end = time.time() + 3600
+while time.time() < end:
+    for s in socks:
+        try:
+            s.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            pass
+    time.sleep(0.5)
+PY
+: > "$work/slow.runs"
+for run in $(seq "$RUNS"); do
+  in_phones taskset -c "$CLIENT_CPU" python3 "$work/slow.py" > "$work/slow.out" 2>&1 &
+  slow_pid=$!
+  for _ in $(seq 100); do grep -q holding "$work/slow.out" && break; sleep 0.1; done
+  grep -q "holding 2000" "$work/slow.out" || { cat "$work/slow.out"; exit 1; }
+  # Shorter than the read timeout (5 s), so the slow clients are all held for the whole run.
+  CONNECTIONS_SAVED=$CONNECTIONS; CONNECTIONS=8
+  DURATION_SAVED=$DURATION; DURATION=4
+  run_wrk http://100.64.0.1:8080 -s perf/preprov.lua >> "$work/slow.runs"
+  CONNECTIONS=$CONNECTIONS_SAVED; DURATION=$DURATION_SAVED
+  kill "$slow_pid" 2>/dev/null; wait "$slow_pid" 2>/dev/null || true
+  echo "slow run $run: $(tail -1 "$work/slow.runs")" >&2
+done
+s_rps=$(cut -d' ' -f1 "$work/slow.runs" | median); s_p50=$(cut -d' ' -f2 "$work/slow.runs" | median)
+s_p99=$(cut -d' ' -f3 "$work/slow.runs" | median)
+
 d_rps=$(cut -d' ' -f1 "$work/dialtone.runs" | median); n_rps=$(cut -d' ' -f1 "$work/nginx.runs" | median)
 d_p50=$(cut -d' ' -f2 "$work/dialtone.runs" | median); n_p50=$(cut -d' ' -f2 "$work/nginx.runs" | median)
 d_p99=$(cut -d' ' -f3 "$work/dialtone.runs" | median); n_p99=$(cut -d' ' -f3 "$work/nginx.runs" | median)
@@ -127,6 +164,7 @@ cat <<TABLE
 | dialtone GET /v1/contact (random of $DEVICES devices) | $d_rps | $d_p50 | $d_p99 |
 | nginx static file, same size ($(wc -c < "$work/answer.json") bytes) | $n_rps | $n_p50 | $n_p99 |
 | ratio dialtone / nginx | $ratio | | |
+| dialtone while 2,000 slow clients are held (wrk -c8, 4 s) | $s_rps | $s_p50 | $s_p99 |
 
 medians of $RUNS runs of ${DURATION}s, wrk -t2 -c$CONNECTIONS on CPU $CLIENT_CPU, servers on CPU $SERVER_CPU;
 registering $DEVICES devices by bulk CSV took ${import_secs}s; gateway threads: $threads

@@ -1,0 +1,426 @@
+//! Per-worker class tables: one flat array per phone class, indexed by the phone's offset in the
+//! class's LAN pool, plus the arithmetic of the port-block function in hot-path form.
+//!
+//! The arithmetic is the one of `dialtone_config::portblock` (tests prove them equal); it is
+//! restated here only to take the hardware divide out of the outbound path: `offset /
+//! blocks_per_address` becomes one 64x64->128 multiply by a precomputed reciprocal ([`Divisor`]),
+//! and the block size being a power of two turns the rest into shifts and masks.
+
+use dialtone_config::{MacAddr, PhoneClass};
+
+/// Number of remapped echo identifiers one phone can have outstanding (RFC 5508 REQ-7 allows a
+/// translator to remap identifiers; three concurrent out-of-block pings per phone is plenty for
+/// a desk phone, and a fourth replaces the oldest).
+pub const ECHO_SLOTS: usize = 3;
+
+const LEASED: u8 = 1;
+
+/// What every translation reads about one phone offset: 8 bytes, so a cache line holds eight
+/// phones and a million phones take 8 MiB.
+///
+/// ```text
+/// +-------------+-------+----------+
+/// | MAC (6)     | flags | reserved |
+/// +-------------+-------+----------+
+/// flags: bit 0 leased
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PhoneEntry {
+    mac: [u8; 6],
+    flags: u8,
+    reserved: u8,
+}
+
+/// The per-phone reverse table of remapped echo identifiers: 8 bytes, kept apart from
+/// [`PhoneEntry`] because only ICMP echo touches it.
+///
+/// ```text
+/// +-----------------------------+-------+------+
+/// | echo originals: 3 x u16     | valid | next |
+/// +-----------------------------+-------+------+
+/// valid: bit i set when slot i holds an original; next: round-robin victim
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct EchoSlots {
+    original: [u16; ECHO_SLOTS],
+    valid: u8,
+    next: u8,
+}
+
+/// Bytes of per-phone state read by every translation.
+pub const HOT_BYTES_PER_PHONE: usize = size_of::<PhoneEntry>();
+/// Bytes of per-phone state a worker holds in all.
+pub const BYTES_PER_PHONE: usize = size_of::<PhoneEntry>() + size_of::<EchoSlots>();
+const _: () = assert!(HOT_BYTES_PER_PHONE == 8 && BYTES_PER_PHONE == 16);
+
+impl PhoneEntry {
+    /// True when the phone holds a lease.
+    #[inline(always)]
+    pub fn is_leased(&self) -> bool {
+        self.flags & LEASED != 0
+    }
+
+    /// The raw flags byte.
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// The phone's MAC (meaningful only when leased).
+    #[inline(always)]
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+}
+
+impl EchoSlots {
+    fn slot_valid(&self, slot: usize) -> bool {
+        self.valid & (1 << slot) != 0
+    }
+
+    /// Outbound echo request with identifier `ident` from a phone whose block starts at
+    /// `port_lo` with `ports` ports: the identifier to send, and whether it was remapped.
+    ///
+    /// An identifier inside the block is kept (and frees any slot that mapped onto it, so each
+    /// in-block identifier means one flow). One outside is folded into the block as
+    /// `port_lo + (ident mod ports)` and remembered so the reply can be restored.
+    pub fn echo_outbound(&mut self, ident: u16, port_lo: u16, ports: u16) -> (u16, bool) {
+        let mask = ports - 1;
+        let in_block = ident.wrapping_sub(port_lo) < ports;
+        let mapped = if in_block { ident } else { port_lo | (ident & mask) };
+        let mut reuse = None;
+        for slot in 0..ECHO_SLOTS {
+            if !self.slot_valid(slot) {
+                continue;
+            }
+            let original = self.original[slot];
+            if !in_block && original == ident {
+                reuse = Some(slot);
+            } else if port_lo | (original & mask) == mapped {
+                self.valid &= !(1 << slot);
+            }
+        }
+        if in_block {
+            return (ident, false);
+        }
+        let slot = match reuse {
+            Some(slot) => slot,
+            None => {
+                let free = (0..ECHO_SLOTS).find(|s| !self.slot_valid(*s));
+                free.unwrap_or_else(|| {
+                    let victim = usize::from(self.next) % ECHO_SLOTS;
+                    self.next = self.next.wrapping_add(1);
+                    victim
+                })
+            }
+        };
+        self.original[slot] = ident;
+        self.valid |= 1 << slot;
+        (mapped, true)
+    }
+
+    /// Inbound echo identifier `mapped` (inside the block): the identifier the phone sent.
+    pub fn echo_inbound(&self, mapped: u16, port_lo: u16, ports: u16) -> u16 {
+        let mask = ports - 1;
+        for slot in 0..ECHO_SLOTS {
+            let original = self.original[slot];
+            if self.slot_valid(slot) && port_lo | (original & mask) == mapped {
+                return original;
+            }
+        }
+        mapped
+    }
+}
+
+/// `n / d` and `n % d` for any 32-bit `n` by multiplication (Lemire, Kaser, Kurz, "Faster
+/// remainder by direct computation", 2019): with `c = ceil(2^64 / d)`, `n / d = (c * n) >> 64`
+/// exactly for every `n < 2^32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Divisor {
+    divisor: u32,
+    /// `ceil(2^64 / d)`, or 0 for `d == 1` (where it would not fit).
+    reciprocal: u64,
+}
+
+impl Divisor {
+    /// Precomputes the reciprocal of `divisor` (which must not be 0; a plan's
+    /// `blocks_per_address` is at least 1).
+    pub fn new(divisor: u32) -> Self {
+        let divisor = divisor.max(1);
+        let reciprocal = if divisor == 1 { 0 } else { u64::MAX / u64::from(divisor) + 1 };
+        Self { divisor, reciprocal }
+    }
+
+    /// `(n / d, n % d)`.
+    #[inline(always)]
+    pub fn div_rem(&self, n: u32) -> (u32, u32) {
+        if self.reciprocal == 0 {
+            return (n, 0);
+        }
+        let quotient = ((u128::from(self.reciprocal) * u128::from(n)) >> 64) as u32;
+        (quotient, n - quotient * self.divisor)
+    }
+}
+
+/// One class's table and its port-block arithmetic.
+#[derive(Debug, Clone)]
+pub struct ClassTable {
+    /// First address of the LAN pool.
+    pub(crate) lan_base: u32,
+    /// Phone offsets in the pool (`plan.phones`).
+    pub(crate) phones: u32,
+    /// First address of the public pool.
+    pub(crate) public_base: u32,
+    /// Addresses in the public pool.
+    pub(crate) public_addresses: u32,
+    /// `R`, first port of the first block.
+    pub(crate) reserved_ports: u32,
+    /// `log2 B`.
+    pub(crate) ports_shift: u32,
+    /// `B`, as u16 (at most 32768).
+    pub(crate) ports_per_phone: u16,
+    /// `blocks_per_address`.
+    pub(crate) blocks_per_address: u32,
+    /// Reciprocal of `blocks_per_address`.
+    pub(crate) per_address: Divisor,
+    /// One entry per offset.
+    pub(crate) entries: Vec<PhoneEntry>,
+    /// One echo reverse table per offset.
+    pub(crate) echo: Vec<EchoSlots>,
+}
+
+impl ClassTable {
+    /// An empty (nothing leased) table for `class`.
+    pub fn new(class: &PhoneClass) -> Self {
+        let plan = &class.plan;
+        Self {
+            lan_base: u32::from(class.lan_pool.network()),
+            phones: plan.phones,
+            public_base: u32::from(plan.public_base),
+            public_addresses: plan.public_addresses,
+            reserved_ports: plan.reserved_ports,
+            ports_shift: plan.ports_per_phone.trailing_zeros(),
+            ports_per_phone: u16::try_from(plan.ports_per_phone).unwrap_or(u16::MAX),
+            blocks_per_address: plan.blocks_per_address,
+            per_address: Divisor::new(plan.blocks_per_address),
+            entries: vec![PhoneEntry::default(); plan.phones as usize],
+            echo: vec![EchoSlots::default(); plan.phones as usize],
+        }
+    }
+
+    /// The offset of a LAN address, if it is in this class's pool.
+    #[inline(always)]
+    pub fn offset_of(&self, addr: u32) -> Option<u32> {
+        let offset = addr.wrapping_sub(self.lan_base);
+        (offset < self.phones).then_some(offset)
+    }
+
+    /// The public address (as a number) and first port of the block at `offset` (< phones).
+    #[inline(always)]
+    pub fn block_of(&self, offset: u32) -> (u32, u16) {
+        let (address_index, block_index) = self.per_address.div_rem(offset);
+        let port_lo = self.reserved_ports + (block_index << self.ports_shift);
+        (self.public_base + address_index, port_lo as u16)
+    }
+
+    /// The index of a public address in this class's pool, if it is in it.
+    #[inline(always)]
+    pub fn public_index(&self, addr: u32) -> Option<u32> {
+        let index = addr.wrapping_sub(self.public_base);
+        (index < self.public_addresses).then_some(index)
+    }
+
+    /// The inverse function: which offset owns `port` on the public address at `public_index`.
+    #[inline(always)]
+    pub fn offset_for(&self, public_index: u32, port: u16) -> Option<u32> {
+        let above = u32::from(port).checked_sub(self.reserved_ports)?;
+        let block_index = above >> self.ports_shift;
+        if block_index >= self.blocks_per_address {
+            return None;
+        }
+        let offset = public_index * self.blocks_per_address + block_index;
+        (offset < self.phones).then_some(offset)
+    }
+
+    /// The LAN address at `offset`.
+    #[inline(always)]
+    pub fn address_at(&self, offset: u32) -> u32 {
+        self.lan_base + offset
+    }
+
+    /// The entry at `offset` (< phones).
+    #[inline(always)]
+    pub fn entry(&self, offset: u32) -> &PhoneEntry {
+        &self.entries[offset as usize]
+    }
+
+    /// The echo reverse table at `offset` (< phones).
+    #[inline(always)]
+    pub fn echo_slots(&self, offset: u32) -> &EchoSlots {
+        &self.echo[offset as usize]
+    }
+
+    /// The echo reverse table at `offset` (< phones), writable.
+    #[inline(always)]
+    pub fn echo_slots_mut(&mut self, offset: u32) -> &mut EchoSlots {
+        &mut self.echo[offset as usize]
+    }
+
+    /// Bytes of per-phone state this table holds.
+    pub fn bytes(&self) -> usize {
+        self.entries.len() * BYTES_PER_PHONE
+    }
+
+    pub(crate) fn lease_up(&mut self, offset: u32, mac: MacAddr) {
+        self.entries[offset as usize] = PhoneEntry { mac: mac.0, flags: LEASED, reserved: 0 };
+        self.echo[offset as usize] = EchoSlots::default();
+    }
+
+    pub(crate) fn lease_down(&mut self, offset: u32) {
+        self.entries[offset as usize] = PhoneEntry::default();
+        self.echo[offset as usize] = EchoSlots::default();
+    }
+}
+
+/// A change the control plane pushes to a worker (through its control ring, between batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// The phone at `offset` of class `class` (its index in `Config::classes`) now holds a lease.
+    LeaseUp {
+        /// Class index.
+        class: u16,
+        /// Offset in the class's LAN pool.
+        offset: u32,
+        /// The phone's MAC (destination of inbound traffic).
+        mac: MacAddr,
+    },
+    /// The lease ended (released, expired, declined): traffic from and to it is dropped.
+    LeaseDown {
+        /// Class index.
+        class: u16,
+        /// Offset in the class's LAN pool.
+        offset: u32,
+    },
+    /// The WAN next hop's MAC changed (from the kernel neighbour table), or became unknown.
+    NextHop {
+        /// Its MAC, if resolved.
+        mac: Option<MacAddr>,
+    },
+    /// The gateway's own interface MACs (source of everything the worker transmits).
+    InterfaceMacs {
+        /// LAN interface MAC.
+        lan: MacAddr,
+        /// WAN interface MAC.
+        wan: MacAddr,
+    },
+}
+
+/// Why an update could not be applied (the control plane sent something the config does not
+/// have: a bug on its side, reported rather than panicking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    /// No class with this index.
+    #[error("no class {0}")]
+    NoSuchClass(u16),
+    /// The offset is outside the class's LAN pool.
+    #[error("offset {offset} is outside class {class}")]
+    NoSuchOffset {
+        /// Class index.
+        class: u16,
+        /// Offset.
+        offset: u32,
+    },
+    /// A group address cannot be a phone or a neighbour.
+    #[error("group MAC {0:?} cannot be a unicast neighbour")]
+    GroupMac(MacAddr),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dialtone_config::portblock::PortBlockPlan;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn divisor_edges() {
+        for d in [1u32, 2, 3, 7, 15, 63, 64, 127, 4032, u32::MAX] {
+            let div = Divisor::new(d);
+            for n in [0u32, 1, d - 1, d, d.wrapping_add(1), u32::MAX - 1, u32::MAX] {
+                assert_eq!(div.div_rem(n), (n / d, n % d), "{n} / {d}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn divisor_matches_hardware_divide(d in 1u32..=4032, n in any::<u32>()) {
+            prop_assert_eq!(Divisor::new(d).div_rem(n), (n / d, n % d));
+        }
+
+        #[test]
+        fn arithmetic_matches_the_config_port_block_function(
+            log2_ports in 4u32..=15,
+            addresses in 1u32..64,
+            offset_seed in any::<u32>(),
+            port in any::<u16>(),
+        ) {
+            let ports = 1u32 << log2_ports;
+            let per_address = (65536 - ports.max(1024)) / ports;
+            let phones = (addresses * per_address).min(1 << 16);
+            let plan = PortBlockPlan::new(phones, Ipv4Addr::new(198, 51, 100, 0), addresses, ports)
+                .expect("plan fits by construction");
+            let class = PhoneClass {
+                name: "t".into(),
+                vendor_class: dialtone_config::VendorClassRule::Exact(b"t".to_vec()),
+                mac_oui: vec![],
+                lan_pool: "100.64.0.0/16".parse().expect("valid net"),
+                public_pool: "198.51.100.0/24".parse().expect("valid net"),
+                plan,
+                tftp_server: Ipv4Addr::new(100, 64, 0, 1),
+                boot_file: None,
+                lease_time: std::time::Duration::from_secs(60),
+                port_option: None,
+                vendor_port_option: false,
+                tftp_root: "/".into(),
+                config_files: vec![],
+                parameters: Default::default(),
+            };
+            let table = ClassTable::new(&class);
+            let offset = offset_seed % phones;
+            let block = plan.port_block_for(offset).expect("offset in plan");
+            let (public, port_lo) = table.block_of(offset);
+            prop_assert_eq!(public, u32::from(block.public_ip));
+            prop_assert_eq!(port_lo, block.port_lo);
+            let index = table.public_index(u32::from(block.public_ip)).expect("public in pool");
+            prop_assert_eq!(table.offset_for(index, port), plan.offset_for(block.public_ip, port));
+        }
+
+        #[test]
+        fn echo_identifiers_stay_in_block_and_come_back(
+            idents in proptest::collection::vec(any::<u16>(), 1..12),
+            block in 1u16..63,
+        ) {
+            let port_lo = 1024 * block;
+            let mut entry = EchoSlots::default();
+            let mut live: Vec<(u16, u16)> = Vec::new();
+            for ident in idents {
+                let (mapped, remapped) = entry.echo_outbound(ident, port_lo, 1024);
+                prop_assert!(mapped.wrapping_sub(port_lo) < 1024);
+                prop_assert_eq!(remapped, ident.wrapping_sub(port_lo) >= 1024);
+                live.retain(|(_, m)| *m != mapped);
+                live.push((ident, mapped));
+                // The newest flow on each mapped identifier comes back as its original, as long
+                // as at most ECHO_SLOTS remapped flows are live.
+                let remapped_live = live.iter().filter(|(i, m)| i != m).count();
+                if remapped_live <= ECHO_SLOTS {
+                    for (original, mapped) in &live {
+                        prop_assert_eq!(entry.echo_inbound(*mapped, port_lo, 1024), *original);
+                    }
+                }
+            }
+        }
+    }
+}
