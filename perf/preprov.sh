@@ -118,26 +118,10 @@ done
 
 # Inquiries while 2,000 slow clients (another address) hold connections open with unfinished
 # requests: wrk at 8 connections, latency percentiles only.
-cat > "$work/slow.py" <<'PY'
-import socket, time
-socks = []
-for i in range(2000):
-    s = socket.create_connection(("100.64.0.1", 8080), timeout=5, source_address=("100.64.200.11", 0))
-    s.sendall(b"GET /v1/contact/aa0000000001 HTTP/1.1\r\nHost: lab\r\n")
-    socks.append(s)
-print("holding", len(socks), flush=True)
-end = time.time() + 3600
-while time.time() < end:
-    for s in socks:
-        try:
-            s.sendall(b"X-Slow: 1\r\n")
-        except OSError:
-            pass
-    time.sleep(0.5)
-PY
 : > "$work/slow.runs"
 for run in $(seq "$RUNS"); do
-  in_phones taskset -c "$CLIENT_CPU" python3 "$work/slow.py" > "$work/slow.out" 2>&1 &
+  in_phones taskset -c "$CLIENT_CPU" python3 perf/slow_clients.py 2000 100.64.200.11 100.64.0.1 8080 \
+    /v1/contact/aa0000000001 3600 > "$work/slow.out" 2>&1 &
   slow_pid=$!
   for _ in $(seq 100); do grep -q holding "$work/slow.out" && break; sleep 0.1; done
   grep -q "holding 2000" "$work/slow.out" || { cat "$work/slow.out"; exit 1; }

@@ -237,26 +237,10 @@ fn slow_clients_do_not_hold_the_service() {
     let threads_before = count_threads();
 
     // 2,000 clients from one address that open a request and trickle header lines, never finishing.
-    let script = r#"
-import socket, sys, time
-socks = []
-for i in range(2000):
-    s = socket.create_connection(("100.64.0.1", 8080), timeout=5, source_address=("100.64.200.70", 0))
-    s.sendall(b"GET /v1/contact/805ec0000001 HTTP/1.1\r\nHost: lab\r\n")
-    socks.append(s)
-print("holding", len(socks), flush=True)
-end = time.time() + 8
-while time.time() < end:
-    for s in socks:
-        try:
-            s.sendall(b"X-Slow: 1\r\n")
-        except OSError:
-            pass
-    time.sleep(0.5)
-"#;
     let mut slow = lab
         .exec("phones", "python3")
-        .args(["-c", script])
+        .arg(common::repo().join("perf/slow_clients.py"))
+        .args(["2000", "100.64.200.70", "100.64.0.1", "8080", "/v1/contact/805ec0000001", "8"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
