@@ -287,10 +287,12 @@ while time.time() < end:
         latencies[15], latencies[29]
     );
 
-    // Thread count stays bounded: runtime workers (4 in the lab config) and a few others, not 2,000.
+    // Thread count stays bounded, not 2,000: the whole gateway at rest is 18 threads (main, DHCP,
+    // store committer, history pruner, 3 accept threads, 1 + 4 + 4 HTTP runtime workers, 2 TFTP
+    // workers); allow a couple more for runtime blocking threads.
     let pid = gw.child.id();
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0);
-    assert!((1..=16).contains(&threads), "{threads} threads while 2,000 slow clients are connected");
+    assert!((1..=20).contains(&threads), "{threads} threads while 2,000 slow clients are connected");
     let _ = slow.kill();
     let _ = slow.wait();
     let _ = gw.stop_with(15, Duration::from_secs(20));
