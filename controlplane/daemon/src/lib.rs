@@ -7,6 +7,7 @@
 //! error says which one and why.
 #![forbid(unsafe_code)]
 
+pub mod leases;
 mod management;
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -19,6 +20,7 @@ use dialtone_http::{Limits, Server};
 use dialtone_preprov::{RedbRegistry, Registry, Service, ServiceSettings};
 use dialtone_store::{GroupCommitter, RedbStore, Store};
 
+pub use leases::{LeaseEntry, LeaseFanout, LeaseSubscriber, LeaseTable};
 pub use management::{Management, MetricSources};
 
 /// Why the gateway could not start.
@@ -100,6 +102,8 @@ pub struct Gateway {
     dhcp: Option<dialtone_dhcp::server::Server>,
     committer: Option<Arc<GroupCommitter>>,
     pruner: Option<dialtone_dhcp::server::HistoryPruner>,
+    tftp: Option<dialtone_tftp::ServerHandle>,
+    leases: Arc<LeaseTable>,
 }
 
 fn service_error(service: &'static str) -> impl Fn(String) -> StartError {
@@ -110,11 +114,25 @@ impl Gateway {
     /// Starts every enabled service of `config`.
     pub fn start(config: &Config) -> Result<Self, StartError> {
         let db = open_database(config)?;
-        let mut gateway = Gateway { servers: Vec::new(), dhcp: None, committer: None, pruner: None };
         let shared_config = Arc::new(config.clone());
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::from_database(Arc::clone(&db)).map_err(|e| service_error("store")(e.to_string()))?);
         let mut metrics = MetricSources::default();
+        // The registry holds per-device parameters for TFTP's per-phone files as well.
+        let registry: Option<Arc<dyn Registry>> =
+            if config.preprov.enabled || config.provisioning.enabled || config.tftp.enabled {
+                Some(Arc::new(
+                    RedbRegistry::new(Arc::clone(&db))
+                        .map_err(|e| StartError::Service { service: "pre-provisioning", reason: e.to_string() })?,
+                ))
+            } else {
+                None
+            };
+        // Current leases by address: seeded from the store, then kept by DHCP's lease events.
+        let leases = Arc::new(LeaseTable::new(registry.clone()));
+        leases.seed(config, &store.snapshot().map_err(|e| service_error("store")(e.to_string()))?);
+        let mut gateway =
+            Gateway { servers: Vec::new(), dhcp: None, committer: None, pruner: None, tftp: None, leases };
 
         // DHCP: the engine resumes from the durable leases; ACKs leave only once their lease is
         // durable (group commit, claims 001: 10, 25, 40).
@@ -136,16 +154,8 @@ impl Gateway {
                 Duration::from_millis(100),
             )
             .map_err(|e| service_error("dhcp")(format!("binding UDP 67 on {}: {e}", config.lan.interface)))?;
-            let leases: dialtone_dhcp::server::LeaseSink = Arc::new(|event: dialtone_dhcp::LeaseEvent| {
-                tracing::info!(
-                    change = ?event.change,
-                    mac = %event.mac,
-                    address = %event.address,
-                    public = %event.block.public_ip,
-                    ports = %format!("{}-{}", event.block.port_lo, event.block.port_hi),
-                    "lease"
-                );
-            });
+            // The fan-out point of lease changes: the lease table first, then subscribers.
+            let leases = LeaseFanout::new(Arc::clone(&gateway.leases)).sink();
             let server = dialtone_dhcp::server::Server::spawn(
                 engine,
                 Arc::new(transport),
@@ -171,11 +181,13 @@ impl Gateway {
             tracing::info!(interface = %config.lan.interface, "dhcp server started");
         }
 
-        if config.preprov.enabled || config.provisioning.enabled {
-            let registry: Arc<dyn Registry> = Arc::new(
-                RedbRegistry::new(Arc::clone(&db))
-                    .map_err(|e| StartError::Service { service: "pre-provisioning", reason: e.to_string() })?,
-            );
+        if config.tftp.enabled {
+            let tftp = start_tftp(config, Arc::clone(&gateway.leases) as Arc<dyn dialtone_tftp::ClientDirectory>)?;
+            metrics.tftp = Some(tftp.1);
+            gateway.tftp = Some(tftp.0);
+        }
+
+        if let (true, Some(registry)) = (config.preprov.enabled || config.provisioning.enabled, registry) {
             let admin_token = config.preprov.admin_token.as_ref().map(read_token).transpose()?;
             let service = Arc::new(Service::new(
                 registry,
@@ -239,11 +251,20 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// The current leases (the table TFTP reads).
+    pub fn leases(&self) -> &Arc<LeaseTable> {
+        &self.leases
+    }
+
     /// Stops every service, last started first.
     pub fn stop(mut self) {
         while let Some((name, server)) = self.servers.pop() {
             server.stop();
             tracing::info!(service = name, "stopped");
+        }
+        if let Some(tftp) = self.tftp.take() {
+            tftp.shutdown();
+            tracing::info!(service = "tftp", "stopped");
         }
         self.pruner.take();
         if let Some(dhcp) = self.dhcp.take() {
@@ -253,4 +274,31 @@ impl Gateway {
         // Dropping the last reference commits what is queued, then ends the committer thread.
         self.committer.take();
     }
+}
+
+/// Starts the TFTP server on `tftp.listen`. A class whose root is missing is logged and serves
+/// only its virtual per-phone files: one class's missing directory must not keep every other
+/// class's phones from their firmware.
+fn start_tftp(
+    config: &Config,
+    directory: Arc<dyn dialtone_tftp::ClientDirectory>,
+) -> Result<(dialtone_tftp::ServerHandle, Arc<dialtone_tftp::TftpMetrics>), StartError> {
+    for class in &config.classes {
+        if !class.tftp_root.is_dir() {
+            tracing::warn!(
+                class = %class.name,
+                root = %class.tftp_root.display(),
+                "tftp root missing: this class gets only its per-phone files until it exists and dialtone restarts"
+            );
+        }
+    }
+    let engine = Arc::new(dialtone_tftp::Engine::new(config.tftp.clone(), config.classes.clone(), directory));
+    let metrics = Arc::new(dialtone_tftp::TftpMetrics::default());
+    let handle = dialtone_tftp::spawn(engine, Arc::clone(&metrics)).map_err(|source| StartError::Bind {
+        service: "tftp",
+        addr: config.tftp.listen,
+        source,
+    })?;
+    tracing::info!(listen = %handle.local_addr(), threads = handle.thread_count(), "tftp server started");
+    Ok((handle, metrics))
 }

@@ -27,6 +27,8 @@ pub struct MetricSources {
     pub committer: Option<Arc<GroupCommitter>>,
     /// Pre-provisioning service.
     pub preprov: Option<Arc<dialtone_preprov::Counters>>,
+    /// TFTP server.
+    pub tftp: Option<Arc<dialtone_tftp::TftpMetrics>>,
 }
 
 impl std::fmt::Debug for MetricSources {
@@ -166,6 +168,24 @@ impl Management {
         }
         if let Some(preprov) = &self.metrics.preprov {
             out.push_str(&preprov.render());
+        }
+        if let Some(tftp) = &self.metrics.tftp {
+            let mut last = "";
+            for (name, label, value) in tftp.samples() {
+                if name != last {
+                    let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+                    let _ = writeln!(out, "# TYPE {name} {kind}");
+                    last = name;
+                }
+                match label {
+                    Some((key, val)) => {
+                        let _ = writeln!(out, "{name}{{{key}=\"{val}\"}} {value}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "{name} {value}");
+                    }
+                }
+            }
         }
         let mut r = Response::text(StatusCode::OK, out);
         r.content_type = "text/plain; version=0.0.4; charset=utf-8";

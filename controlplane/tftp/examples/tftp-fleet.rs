@@ -109,7 +109,7 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let mut clients = Vec::with_capacity(count);
     for i in 0..count {
-        let mut socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let mut socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
         poll.registry().register(&mut socket, Token(i), Interest::READABLE)?;
         let mut c = Client {
             socket,
