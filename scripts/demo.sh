@@ -28,6 +28,10 @@ echo "== the default configuration and its capacity plan"
 # The demo keeps its state in a scratch directory instead of /var/lib/dialtone.
 sed -e "s#/var/lib/dialtone#$work#g" config/examples/dialtone.toml > "$work/dialtone.toml"
 
+# Firmware for the Yealink class, served by TFTP from its class root.
+mkdir -p "$work/tftp/yealink-t5/yealink"
+head -c 262144 /dev/urandom > "$work/tftp/yealink-t5/yealink/t5.rom"
+
 echo "== starting the gateway in $prefix-gw"
 ip netns exec "$prefix-gw" "$bin" run --config "$work/dialtone.toml" 2> "$work/gateway.log" &
 gw_pid=$!
@@ -39,6 +43,35 @@ if ! kill -0 "$gw_pid" 2>/dev/null; then
 fi
 cat "$work/gateway.log"
 
+echo "== a factory-fresh Yealink phone (MAC 80:5e:c0:00:00:01) asks for a lease"
+cat > "$work/udhcpc.sh" <<'HOOK'
+#!/bin/sh
+case "$1" in
+  bound)
+    ip addr replace "$ip/$mask" dev "$interface"
+    echo "   leased $ip/$mask, router $router, tftp server $siaddr, boot file $boot_file"
+    echo "   option 159 (RFC 7618 port parameters): $opt159"
+    ;;
+esac
+HOOK
+chmod +x "$work/udhcpc.sh"
+in_phones() { ip netns exec "$prefix-phones" "$@"; }
+in_phones ip link set eth0 address 80:5e:c0:00:00:01
+in_phones udhcpc -i eth0 -f -q -n -t 5 -T 1 -V "Yealink SIP-T54W" -O 159 -s "$work/udhcpc.sh" 2>/dev/null
+echo "== its port block, decoded: ports the phone may use on its shared public address"
+ip netns exec "$prefix-gw" "$bin" leases --config "$work/dialtone.toml" | python3 -c '
+import json, sys
+for l in json.load(sys.stdin)["leases"]:
+    print("   %s %s -> public %s ports %d-%d (class %s, until %s)" % (l["mac"], l["address"], l["public_ip"], l["port_lo"], l["port_hi"], l["class"], l["expiry"]))'
+echo "== it fetches its operational software over TFTP (windowsize 16, blksize 1468)"
+in_phones atftp --option "windowsize 16" --option "blksize 1468" -g -r yealink/t5.rom -l "$work/fetched.rom" 100.64.0.1 2>/dev/null
+if cmp -s "$work/fetched.rom" "$work/tftp/yealink-t5/yealink/t5.rom"; then
+  echo "   yealink/t5.rom: $(wc -c < "$work/fetched.rom") bytes, identical to the served image"
+else
+  echo "demo: the firmware did not arrive intact" >&2
+  exit 1
+fi
+
 echo "== stopping the gateway (SIGTERM)"
 kill -TERM "$gw_pid"
 rc=0
@@ -49,4 +82,4 @@ if [ "$rc" -ne 0 ]; then
   echo "demo: the gateway exited with $rc" >&2
   exit 1
 fi
-echo "== demo finished: gateway started on the lab config and stopped cleanly"
+echo "== demo finished: a phone leased its address and port block, fetched its firmware, and the gateway stopped cleanly"
