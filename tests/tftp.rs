@@ -17,7 +17,6 @@ const MAC: &str = "80:5e:c0:00:00:31";
 const MAC_HEX: &str = "805ec0000031";
 const SERVER: &str = "100.64.0.1";
 const ADMIN: &str = "lab-admin-token-not-for-production";
-const MANAGEMENT: &str = "lab-management-token-not-for-production";
 
 /// udhcpc's script: configures the address it got and records it.
 const SCRIPT: &str = r#"#!/bin/sh
@@ -111,22 +110,6 @@ impl Fixture {
         ]));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-
-    /// The value of one `/metrics` line.
-    fn metric(&self, line_prefix: &str) -> u64 {
-        let out = common::run(self.lab.exec("gw", "curl").args([
-            "-sS",
-            "-H",
-            &format!("Authorization: Bearer {MANAGEMENT}"),
-            "http://127.0.0.1:9000/metrics",
-        ]));
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find(|l| l.starts_with(line_prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {line_prefix:?} in:\n{text}"))
-    }
 }
 
 fn text(out: &Output) -> String {
@@ -144,7 +127,7 @@ fn leased_phone_downloads_firmware_and_its_own_config_and_escapes_are_refused() 
     let out = f.tftp_hpa(&format!("get {MAC_HEX}.cfg {}", f.out("unleased.cfg").display()));
     assert!(text(&out).contains("no lease for this address"), "{}", text(&out));
     assert!(std::fs::read(f.out("unleased.cfg")).unwrap_or_default().is_empty());
-    assert_eq!(f.metric("dialtone_tftp_refused_total{reason=\"no_lease\"}"), 1);
+    assert_eq!(f.lab.metric("dialtone_tftp_refused_total{reason=\"no_lease\"}"), 1);
 
     // A real lease from dialtone's DHCP.
     common::run(f.lab.exec("phones", "ip").args(["addr", "flush", "dev", "eth0"]));
@@ -188,7 +171,7 @@ fn leased_phone_downloads_firmware_and_its_own_config_and_escapes_are_refused() 
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read(f.out("atftp.rom")).expect("atftp download") == image, "atftp: bytes differ");
-    assert!(f.metric("dialtone_tftp_option_total{option=\"windowsize\"}") >= 1, "atftp's windowsize not used");
+    assert!(f.lab.metric("dialtone_tftp_option_total{option=\"windowsize\"}") >= 1, "atftp's windowsize not used");
     let out = f.curl_get("yealink/t5.rom", &f.out("curl.rom"));
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read(f.out("curl.rom")).expect("curl download") == image, "curl: bytes differ");
@@ -224,7 +207,7 @@ fn leased_phone_downloads_firmware_and_its_own_config_and_escapes_are_refused() 
     let out = f.curl_get("escape", &f.out("escaped-curl"));
     assert!(!out.status.success(), "curl got the symlink's target");
     assert!(std::fs::read(f.out("escaped-curl")).unwrap_or_default().is_empty());
-    assert_eq!(f.metric("dialtone_tftp_refused_total{reason=\"path_escape\"}"), 5);
+    assert_eq!(f.lab.metric("dialtone_tftp_refused_total{reason=\"path_escape\"}"), 5);
 
     // Uploads are refused; nothing appears in the root.
     std::fs::write(f.out("upload.bin"), b"not firmware").expect("upload file");
@@ -234,7 +217,7 @@ fn leased_phone_downloads_firmware_and_its_own_config_and_escapes_are_refused() 
     assert!(text(&out).contains("write access denied"), "{}", text(&out));
     assert!(std::fs::read(f.root.join("yealink/t5.rom")).expect("firmware") == image, "firmware replaced");
     assert!(!f.root.join("new.bin").exists(), "an upload landed in the root");
-    assert_eq!(f.metric("dialtone_tftp_refused_total{reason=\"write_refused\"}"), 2);
-    assert!(f.metric("dialtone_tftp_transfers_completed_total") >= 4);
-    assert_eq!(f.metric("dialtone_tftp_transfers_failed_total{reason=\"timeout\"}"), 0);
+    assert_eq!(f.lab.metric("dialtone_tftp_refused_total{reason=\"write_refused\"}"), 2);
+    assert!(f.lab.metric("dialtone_tftp_transfers_completed_total") >= 4);
+    assert_eq!(f.lab.metric("dialtone_tftp_transfers_failed_total{reason=\"timeout\"}"), 0);
 }

@@ -80,6 +80,23 @@ impl Lab {
         assert!(out.status.success(), "ip addr add {cidr}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The value of the one `/metrics` line starting with `line_prefix`, read from the gateway's
+    /// management API with the lab configuration's token; panics with the whole page if absent.
+    pub fn metric(&self, line_prefix: &str) -> u64 {
+        let out = run(self.exec("gw", "curl").args([
+            "-sS",
+            "-H",
+            "Authorization: Bearer lab-management-token-not-for-production",
+            "http://127.0.0.1:9000/metrics",
+        ]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {line_prefix:?} in:\n{text}"))
+    }
+
     /// A command run inside namespace `side`.
     pub fn exec(&self, side: &str, program: &str) -> Command {
         let mut cmd = Command::new("ip");
