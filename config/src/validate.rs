@@ -77,16 +77,12 @@ pub fn load_str(file: &str, text: &str, base_dir: &Path, cpus: CpuPolicy) -> Res
             return Err(ConfigErrors(cx.problems));
         }
     };
-    let config = cx.config(shape, source_path(file), cpus);
+    let config = cx.config(shape, PathBuf::from(file), cpus);
     let (errors, warnings): (Vec<_>, Vec<_>) = cx.problems.into_iter().partition(|p| p.severity == Severity::Error);
     match config {
         Some(config) if errors.is_empty() => Ok(Loaded { config, warnings }),
         _ => Err(ConfigErrors(errors)),
     }
-}
-
-fn source_path(file: &str) -> PathBuf {
-    PathBuf::from(file)
 }
 
 /// Names the field on the line holding byte `pos`, for errors the TOML parser reports: the key

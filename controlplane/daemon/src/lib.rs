@@ -122,8 +122,7 @@ impl Gateway {
         let registry: Option<Arc<dyn Registry>> =
             if config.preprov.enabled || config.provisioning.enabled || config.tftp.enabled {
                 Some(Arc::new(
-                    RedbRegistry::new(Arc::clone(&db))
-                        .map_err(|e| StartError::Service { service: "pre-provisioning", reason: e.to_string() })?,
+                    RedbRegistry::new(Arc::clone(&db)).map_err(|e| service_error("pre-provisioning")(e.to_string()))?,
                 ))
             } else {
                 None
@@ -211,10 +210,9 @@ impl Gateway {
             };
             if p.enabled {
                 let tls = match &p.tls {
-                    Some((cert, key)) => Some(
-                        dialtone_http::tls_config(cert, key)
-                            .map_err(|reason| StartError::Service { service: "pre-provisioning", reason })?,
-                    ),
+                    Some((cert, key)) => {
+                        Some(dialtone_http::tls_config(cert, key).map_err(service_error("pre-provisioning"))?)
+                    }
                     None => None,
                 };
                 let https = tls.is_some();
@@ -225,14 +223,14 @@ impl Gateway {
                     service.clone(),
                     tls,
                 )
-                .map_err(|e| StartError::Service { service: "pre-provisioning", reason: e.to_string() })?;
+                .map_err(|e| service_error("pre-provisioning")(e.to_string()))?;
                 tracing::info!(listen = %server.local_addr(), https, "pre-provisioning service started");
                 gateway.servers.push(("pre-provisioning", server));
             }
             if config.provisioning.enabled {
                 let server =
                     Server::start("provision", bind("provisioning", config.provisioning.listen)?, limits, service)
-                        .map_err(|e| StartError::Service { service: "provisioning", reason: e.to_string() })?;
+                        .map_err(|e| service_error("provisioning")(e.to_string()))?;
                 tracing::info!(listen = %server.local_addr(), "provisioning entry point started");
                 gateway.servers.push(("provisioning", server));
             }

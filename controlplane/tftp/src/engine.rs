@@ -341,7 +341,8 @@ pub(crate) mod tests {
         Engine::new(config.tftp.clone(), config.classes.clone(), leases)
     }
 
-    fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    /// An encoded octet-mode read request with `options` (shared with the server tests).
+    pub(crate) fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
         let mut out = Vec::new();
         Packet::Rrq(Request {
             filename: name.into(),

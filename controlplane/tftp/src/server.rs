@@ -436,8 +436,8 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
-    use crate::engine::tests::{firmware, fixture, Scratch};
-    use crate::packet::{ErrorCode, Mode, Packet, Request, TftpOption};
+    use crate::engine::tests::{firmware, fixture, rrq, Scratch};
+    use crate::packet::{ErrorCode, Packet};
 
     fn start(scratch: &Scratch, tweak: impl FnOnce(&mut dialtone_config::Tftp)) -> (ServerHandle, Arc<TftpMetrics>) {
         let (config, leases) = fixture(scratch);
@@ -449,17 +449,6 @@ mod tests {
         let metrics = Arc::new(TftpMetrics::default());
         let handle = spawn(engine, Arc::clone(&metrics)).expect("loopback bind");
         (handle, metrics)
-    }
-
-    fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        Packet::Rrq(Request {
-            filename: name.into(),
-            mode: Mode::Octet,
-            options: options.iter().map(|(n, v)| TftpOption { name: (*n).into(), value: (*v).into() }).collect(),
-        })
-        .emit(&mut out);
-        out
     }
 
     fn ack(block: u16) -> Vec<u8> {
