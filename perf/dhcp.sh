@@ -128,13 +128,19 @@ stop_server() {
   sleep 0.5
 }
 
-# One perfdhcp run: prints "<ACKs received per second of sending> <drop % over both exchanges>".
+# CPU time (clock ticks, all threads) the server has used so far.
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
+
+# One perfdhcp run: prints "<ACKs received per second of sending> <drop % over both exchanges>
+# <server CPU microseconds per ACK>".
 perf_run() {
-  local rate=$1 out
+  local rate=$1 out t0 t1
+  t0=$(server_ticks)
   out=$(taskset -c 0 ip netns exec "$phns" perfdhcp -4 -l 100.64.0.2 -r "$rate" -R 100000 -p "$period" \
           -W 2000000 -o 60,6469616c746f6e652d70686f6e65 100.64.0.1 2>&1 || true)
+  t1=$(server_ticks)
   echo "$out" >>"$work/perfdhcp.log"
-  awk -v period="$period" '
+  awk -v period="$period" -v ticks=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" '
     /Statistics for:/ { ex = $0 }
     /sent packets:/ { sent[ex] = $3 }
     /received packets:/ { recv[ex] = $3 }
@@ -144,48 +150,55 @@ perf_run() {
       drop = (s > 0) ? 100 * (s - r) / s : 100
       # Completed leases: ACKs received, over the sending period (not the exit wait).
       for (k in recv) if (k ~ /REQUEST-ACK/) acks = recv[k]
-      printf "%.0f %.2f\n", acks / period, drop
+      cpu = (acks > 0) ? 1e6 * ticks / hz / acks : 0
+      printf "%.0f %.2f %.1f\n", acks / period, drop, cpu
     }' <<<"$out"
 }
 
-# Steps the rate up; prints "<best leases/s> <its drop %> <offered rate>".
+# Steps the rate up; prints "<best leases/s> <its drop %> <offered rate> <server CPU us per ACK>".
 search() {
-  local best=0 best_drop=0 best_rate=0 r line got drop misses=0
+  local best=0 best_drop=0 best_rate=0 best_cpu=0 r line got drop cpu misses=0
   for r in $rates; do
-    line=$(perf_run "$r"); got=${line% *}; drop=${line#* }
-    echo "  $1 -r $r: $got leases/s, drops $drop%" >&2
+    line=$(perf_run "$r"); read -r got drop cpu <<<"$line"
+    echo "  $1 -r $r: $got leases/s, drops $drop%, server CPU $cpu us per lease" >&2
     if awk -v d="$drop" 'BEGIN { exit !(d <= 0.5) }'; then
-      if [ "$got" -gt "$best" ]; then best=$got; best_drop=$drop; best_rate=$r; misses=0; fi
+      if [ "$got" -gt "$best" ]; then best=$got; best_drop=$drop; best_rate=$r; best_cpu=$cpu; misses=0; fi
     else
       misses=$((misses + 1))
       # Two steps in a row past the limit: the peak is behind us.
       [ "$misses" -ge 2 ] && break
     fi
   done
-  echo "$best $best_drop $best_rate"
+  echo "$best $best_drop $best_rate $best_cpu"
 }
 
 median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-d_all= k_all= d_info= k_info=
+d_all= k_all= d_info= k_info= d_cpu= k_cpu=
 for run in $(seq "$runs"); do
   echo "run $run/$runs: dialtone" >&2
   start_dialtone; res=$(search dialtone); stop_server
-  d_all="$d_all ${res%% *}"; d_info="$d_info [$res]"
+  d_all="$d_all ${res%% *}"; d_info="$d_info [$res]"; d_cpu="$d_cpu ${res##* }"
   echo "run $run/$runs: kea" >&2
   start_kea; res=$(search kea); stop_server
-  k_all="$k_all ${res%% *}"; k_info="$k_info [$res]"
+  k_all="$k_all ${res%% *}"; k_info="$k_info [$res]"; k_cpu="$k_cpu ${res##* }"
 done
 d=$(echo $d_all | median)
 k=$(echo $k_all | median)
 ratio=$(awk -v d="$d" -v k="$k" 'BEGIN { if (k > 0) printf "%.2f", d / k; else print "n/a" }')
+# Server capacity: leases per second of one fully used core, from the CPU each ACK cost at the best
+# step. It shows the server's own ceiling when the single perfdhcp process is the limit.
+dc=$(echo $d_cpu | median)
+kc=$(echo $k_cpu | median)
+cap() { awk -v c="$1" 'BEGIN { if (c > 0) printf "%.0f", 1e6 / c; else print "n/a" }'; }
+cap_ratio=$(awk -v d="$dc" -v k="$kc" 'BEGIN { if (d > 0) printf "%.2f", k / d; else print "n/a" }')
 
 echo
 echo "nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(date -u +%FT%TZ)"
 echo "load average at the end: $(cut -d" " -f1-3 /proc/loadavg) (other processes share these cores)"
-echo "per run [best leases/s, drop %, offered rate]: dialtone$d_info kea$k_info"
+echo "per run [best leases/s, drop %, offered rate, server CPU us per lease]: dialtone$d_info kea$k_info"
 echo
-echo "| server | best leases/s (median of $runs) | drops at best | ratio |"
-echo "|---|---|---|---|"
-echo "| dialtone (redb, fsync group commit) | $d | <= 0.5% | $ratio x |"
-echo "| Kea $(kea-dhcp4 -v 2>/dev/null | head -1) (memfile) | $k | <= 0.5% | 1 x |"
+echo "| server | best leases/s (median of $runs) | drops at best | ratio | server CPU per lease | leases per CPU-second | ratio |"
+echo "|---|---|---|---|---|---|---|"
+echo "| dialtone (redb, fsync group commit) | $d | <= 0.5% | $ratio x | $dc us | $(cap "$dc") | $cap_ratio x |"
+echo "| Kea $(kea-dhcp4 -v 2>/dev/null | head -1) (memfile) | $k | <= 0.5% | 1 x | $kc us | $(cap "$kc") | 1 x |"
