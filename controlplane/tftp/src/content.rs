@@ -2,9 +2,9 @@
 //! file rendered from the phone's lease and provisioning parameters (claims 001: 12-14).
 //!
 //! Confinement: absolute names and any `..` component are refused before touching the disk; the
-//! joined path is then canonicalized (resolving every symlink) and must still lie under the
-//! canonical root, and the final open uses `O_NOFOLLOW` so a symlink swapped in after the check
-//! is not followed either. Only regular files are served.
+//! kernel then resolves the name beneath the class root in the open itself (`openat2` with
+//! `RESOLVE_BENEATH`), so no symlink, present at the start or swapped in while the request is
+//! served, leads out of the root. Only regular files are served.
 //!
 //! Virtual files: a class lists name patterns (`config_files`) where `{mac}` stands for the
 //! phone's MAC as 12 lowercase hex digits and `{MAC}` as 12 uppercase ones. A name matching a
@@ -183,8 +183,38 @@ pub fn confined_relative(name: &str) -> Result<&Path, Refusal> {
 }
 
 /// Opens `name` under `root` (already canonical), confined to it.
+///
+/// The kernel resolves the whole path beneath an open descriptor of the root (`openat2` with
+/// `RESOLVE_BENEATH`): a symlink that stays inside the root is followed, one that leads out (or is
+/// absolute) fails the open, and since the check is the open itself, a directory swapped for a
+/// symlink while a request is being served cannot lead out either. Kernels without `openat2`
+/// (before 5.6) get the canonicalize-then-open check, which leaves that race open.
 pub fn open_confined(root: &Path, name: &str) -> Result<FileContent, Refusal> {
     let relative = confined_relative(name)?;
+    let file = match open_beneath(root, relative) {
+        Ok(file) => file,
+        Err(rustix::io::Errno::NOSYS) => return open_canonical(root, relative),
+        Err(rustix::io::Errno::XDEV | rustix::io::Errno::LOOP) => return Err(Refusal::PathEscape),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Err(Refusal::NotFound),
+        Err(_) => return Err(Refusal::NotRegular),
+    };
+    serve_regular(file)
+}
+
+fn open_beneath(root: &Path, relative: &Path) -> Result<std::fs::File, rustix::io::Errno> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let fd = rustix::fs::openat2(
+        &dir,
+        relative,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+fn open_canonical(root: &Path, relative: &Path) -> Result<FileContent, Refusal> {
     let joined = root.join(relative);
     let canonical = match joined.canonicalize() {
         Ok(p) => p,
@@ -203,6 +233,10 @@ pub fn open_confined(root: &Path, name: &str) -> Result<FileContent, Refusal> {
             _ if e.kind() == io::ErrorKind::NotFound => Refusal::NotFound,
             _ => Refusal::NotRegular,
         })?;
+    serve_regular(file)
+}
+
+fn serve_regular(file: std::fs::File) -> Result<FileContent, Refusal> {
     let metadata = file.metadata().map_err(|_| Refusal::NotRegular)?;
     if !metadata.is_file() {
         return Err(Refusal::NotRegular);
@@ -336,6 +370,52 @@ mod tests {
     fn netascii_conversion() {
         assert_eq!(to_netascii(b"a\nb\rc\r\n"), b"a\r\nb\r\0c\r\0\r\n");
         assert_eq!(to_netascii(b""), b"");
+    }
+
+    /// A directory of the root swapped back and forth with a symlink to a secret directory while
+    /// requests are served: no request may ever read the secret. (With a check-then-open, a swap
+    /// between the check of `real/f` and its open leads out of the root.)
+    #[test]
+    fn a_directory_swapped_for_a_symlink_never_leads_out() {
+        use crate::transfer::Content;
+        let scratch = crate::engine::tests::Scratch::new("swap");
+        let root = scratch.0.join("root");
+        let secret = scratch.0.join("secret");
+        std::fs::create_dir_all(root.join("dir")).expect("test fixture");
+        std::fs::create_dir_all(&secret).expect("test fixture");
+        std::fs::write(root.join("dir/f"), b"inside").expect("test fixture");
+        std::fs::write(secret.join("f"), b"SECRET").expect("test fixture");
+        std::os::unix::fs::symlink(&secret, root.join("link")).expect("test fixture");
+        let root = root.canonicalize().expect("test fixture");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (root, stop) = (root.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                // `real` is alternately the directory and the symlink out (renames are atomic).
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for held in ["dir", "link"] {
+                        std::fs::rename(root.join(held), root.join("real")).expect("test fixture");
+                        std::fs::rename(root.join("real"), root.join(held)).expect("test fixture");
+                    }
+                }
+            })
+        };
+        let (mut served, mut refused) = (0u32, 0u32);
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            match open_confined(&root, "real/f") {
+                Ok(mut content) => {
+                    let mut buf = [0u8; 16];
+                    let n = content.read_at(0, &mut buf).expect("test fixture");
+                    assert_eq!(&buf[..n], b"inside", "a request read outside the root");
+                    served += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().expect("test fixture");
+        assert!(served > 0 && refused > 0, "the race was not exercised: {served} served, {refused} refused");
     }
 
     #[test]
