@@ -9,7 +9,7 @@ packages=(
   # build: C toolchain for the XDP program and -sys crates
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev
   # lab
-  iproute2 ethtool iputils-ping procps psmisc tcpdump nftables
+  iproute2 ethtool iputils-ping procps psmisc tcpdump nftables jq
   # real DHCP clients and the DHCP peer for comparison (perfdhcp is in kea-admin)
   udhcpc isc-dhcp-client dhcpcd-base kea-dhcp4-server kea-admin
   # real TFTP clients and the TFTP peer
@@ -18,6 +18,8 @@ packages=(
   wrk nginx-light bc
   # golden packet vectors and traffic tools
   python3 python3-scapy netsniff-ng openssl
+  # syntax checks of the bare-metal traffic profiles (pktgen-DPDK Lua, TRex Python)
+  lua5.4
 )
 
 missing=()
