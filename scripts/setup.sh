@@ -9,7 +9,7 @@ packages=(
   # build: C toolchain for the XDP program and -sys crates
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev
   # lab
-  iproute2 ethtool iputils-ping procps psmisc tcpdump nftables jq
+  iproute2 ethtool iputils-ping procps psmisc tcpdump nftables conntrack jq
   # real DHCP clients and the DHCP peer for comparison (perfdhcp is in kea-admin)
   udhcpc isc-dhcp-client dhcpcd-base kea-dhcp4-server kea-admin
   # real TFTP clients and the TFTP peer

@@ -245,6 +245,8 @@ impl LeaseEngine {
         let mut client_id = vec![1u8];
         client_id.extend_from_slice(&lease.mac);
         options.set(code::CLIENT_ID, client_id);
+        // Gateways that check the vendor class on every message (dialtone does) need it here too.
+        options.set(code::VENDOR_CLASS, self.vendor_class.clone());
         let message = Self::message(xid, lease.mac, 0, lease.address, options);
         let (bytes, _) = message.encode(1500);
         let flow = UdpFlow {
@@ -490,6 +492,7 @@ mod tests {
         assert_eq!((flow.src, flow.dst, flow.dst_mac), (address, SERVER, GATEWAY_MAC));
         assert_eq!(m.ciaddr, address);
         assert_eq!(m.options.get(code::MESSAGE_TYPE), Some(&[7u8][..]));
+        assert_eq!(m.options.get(code::VENDOR_CLASS), Some(&b"dialtone-bench"[..]));
     }
 
     #[test]

@@ -122,6 +122,9 @@ enum Command {
         /// The gateway's configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Vendor class (option 60) the phones present.
+        #[arg(long)]
+        vendor_class: String,
     },
 }
 
@@ -196,10 +199,10 @@ fn main() -> anyhow::Result<()> {
             LeasesFile { leases: leased }.write(&out)?;
             println!("{summary}");
         }
-        Command::Release { interface, leases, config } => {
+        Command::Release { interface, leases, config, vendor_class } => {
             let config = load_config(&config)?;
             let file = LeasesFile::read(&leases)?;
-            let mut driver = driver(config, &interface, b"", 1000, 1)?;
+            let mut driver = driver(config, &interface, vendor_class.as_bytes(), 1000, 1)?;
             for lease in &file.leases {
                 driver.release(lease);
             }
