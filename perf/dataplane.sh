@@ -55,7 +55,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin dialtone -p dialtone-traffic
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml" -p dialtone -p dialtone-traffic --bins
 bin=$repo/target/release
 for g in $gateways; do
   if [ "$g" = forwarder ]; then
