@@ -263,7 +263,7 @@ impl RxRing {
     /// block is handed over after `retire_ms`.
     pub fn open(interface: &str, block_size: usize, block_count: usize, retire_ms: u32) -> anyhow::Result<Self> {
         const FRAME_SIZE: usize = 2048;
-        if block_size % 4096 != 0 || block_size < FRAME_SIZE || block_count == 0 {
+        if !block_size.is_multiple_of(4096) || block_size < FRAME_SIZE || block_count == 0 {
             bail!("ring block size must be a multiple of 4096 and at least one frame, count above 0");
         }
         let fd = packet_socket(interface, ETH_P_ALL)?;
