@@ -244,3 +244,25 @@ pub fn send_from_phones(
     .join()
     .expect("generator thread")
 }
+
+/// Sends `plan` from the far end (P-net) to the leased phones' public address and port, to the
+/// gateway's WAN MAC.
+pub fn send_to_phones(lab: &Lab, config: &Config, leases: &[Lease], plan: SendPlan) -> SendSummary {
+    let (ns, config, leases) = (lab.ns("net"), config.clone(), leases.to_vec());
+    let out = run(lab.exec("gw", "cat").arg("/sys/class/net/wan0/address"));
+    let gateway_mac: dialtone_config::MacAddr =
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("the gateway's WAN MAC");
+    std::thread::spawn(move || {
+        sys::enter_network_namespace(&ns).expect("enter P-net");
+        let slots = Slots::new(leases.len());
+        for (i, lease) in leases.iter().enumerate() {
+            slots.set(i, &SlotPhone::of(lease).expect("power-of-two block"));
+        }
+        let local_mac = sys::interface_mac("eth0").expect("P-net's eth0 MAC");
+        let mode = Mode::Inbound { local_mac, gateway_mac: gateway_mac.0, far: FAR };
+        let mut xsk = XskTx::open("eth0", 0, 4096).expect("AF_XDP socket");
+        generator::transmit(&mut xsk, &slots, &Classes::new(config), &mode, &plan, &AtomicBool::new(false))
+    })
+    .join()
+    .expect("generator thread")
+}

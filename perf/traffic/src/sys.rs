@@ -77,12 +77,38 @@ pub fn interface_index(name: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
-/// The MAC address of interface `name`, from sysfs.
+/// The MAC address of interface `name` in the calling thread's network namespace
+/// (SIOCGIFHWADDR: sysfs would show the mount namespace's view, not a `setns` thread's).
 pub fn interface_mac(name: &str) -> anyhow::Result<[u8; 6]> {
-    let path = format!("/sys/class/net/{name}/address");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let mac: dialtone_config::MacAddr = text.trim().parse().with_context(|| format!("parse {path}"))?;
-    Ok(mac.0)
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error()).context("socket for SIOCGIFHWADDR");
+    }
+    // SAFETY: `raw` is a fresh descriptor this function owns from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; all-zero is a valid starting value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= request.ifr_name.len() {
+        bail!("interface name {name:?} does not fit IFNAMSIZ");
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: `request` is a valid ifreq with a NUL-terminated name; the kernel writes the
+    // hardware address into its union.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut request) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("MAC of {name}"));
+    }
+    // SAFETY: SIOCGIFHWADDR succeeded, so the union holds `ifru_hwaddr`.
+    let address = unsafe { request.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (out, byte) in mac.iter_mut().zip(address.sa_data.iter()) {
+        *out = *byte as u8;
+    }
+    Ok(mac)
 }
 
 fn set_int_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
