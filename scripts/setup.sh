@@ -6,10 +6,12 @@
 set -euo pipefail
 
 packages=(
-  # build: C toolchain for the XDP program and -sys crates
-  build-essential pkg-config clang llvm libelf-dev zlib1g-dev
+  # build: C toolchain for the XDP program (clang -target bpf, libbpf's headers) and -sys crates;
+  # xsk-rs's use_cc_build compiles libxdp and libbpf from source: m4 preprocesses libxdp's
+  # dispatcher, llc builds its BPF objects, bindgen needs libclang
+  build-essential pkg-config clang llvm libelf-dev zlib1g-dev libbpf-dev m4 libclang-dev
   # lab
-  iproute2 ethtool iputils-ping procps psmisc tcpdump nftables
+  iproute2 ethtool iputils-ping procps psmisc tcpdump nftables conntrack jq
   # real DHCP clients and the DHCP peer for comparison (perfdhcp is in kea-admin)
   udhcpc isc-dhcp-client dhcpcd-base kea-dhcp4-server kea-admin
   # real TFTP clients and the TFTP peer
@@ -18,6 +20,8 @@ packages=(
   wrk nginx-light bc
   # golden packet vectors and traffic tools
   python3 python3-scapy netsniff-ng openssl
+  # syntax checks of the bare-metal traffic profiles (pktgen-DPDK Lua, TRex Python)
+  lua5.4
 )
 
 missing=()

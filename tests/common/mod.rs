@@ -2,6 +2,8 @@
 //! real `dialtone` binary started inside it.
 #![allow(dead_code)]
 
+pub mod traffic;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
