@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 echo "== building (release)"
-cargo build --release --locked --bin dialtone --bin dialtone-fleet
+cargo build --release --locked -p dialtone -p dialtone-fleet
 bin=target/release/dialtone
 fleet=target/release/dialtone-fleet
 

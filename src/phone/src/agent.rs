@@ -190,8 +190,18 @@ pub fn obtain_lease(link: &mut dyn Link, nvram: &Nvram, xid: u32, settings: &Set
     let started = Instant::now();
     let io = |e: std::io::Error| fail(Step::Dhcp, "socket", format!("DHCP socket: {e}"));
     let mut naks = 0;
+    let mut unanswered_requests = 0;
     let mut attempt = 0;
     while attempt < settings.attempts {
+        // RFC 2131 section 4.4.1: a REQUEST that stays unanswered (its offer may have lapsed at
+        // the server) sends the client back to DISCOVER.
+        if client.is_requesting() {
+            unanswered_requests += 1;
+            if unanswered_requests > 2 {
+                client.restart();
+                unanswered_requests = 0;
+            }
+        }
         client.set_secs(u16::try_from(started.elapsed().as_secs()).unwrap_or(u16::MAX));
         link.send_dhcp(&client.message()).map_err(io)?;
         // RFC 2131 section 4.1: retransmit with exponential backoff.

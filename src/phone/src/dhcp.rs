@@ -152,6 +152,11 @@ impl Client {
         }
     }
 
+    /// True after an OFFER was taken and before its ACK.
+    pub fn is_requesting(&self) -> bool {
+        matches!(self.state, State::Requesting { .. })
+    }
+
     /// Back to DISCOVER (after too many unanswered REQUESTs).
     pub fn restart(&mut self) {
         self.state = State::Selecting;

@@ -23,6 +23,9 @@ pub fn dhcp_socket(interface: &str) -> std::io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
+    // Room for a burst of broadcast answers (the fleet shares this socket among its phones);
+    // the kernel caps it at net.core.rmem_max.
+    socket.set_recv_buffer_size(4 << 20)?;
     socket.bind_device(Some(interface.as_bytes()))?;
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, CLIENT_PORT)).into())?;
     Ok(socket.into())
