@@ -12,9 +12,16 @@
 #   down    removes every namespace of the prefix (and so its veths) after stopping their processes
 #   status  prints the namespaces, links and addresses
 # Nothing outside the three namespaces is changed.
+#
+# dialtone's dataplane attaches its XDP program to lan0 and wan0 itself (native mode on veth) and
+# sends through copy-mode AF_XDP sockets, whose frames enter the peer's stack as ordinary packets:
+# the peers (the phones' and the far network's eth0) need no XDP program of their own (that is
+# needed only for XDP_TX/XDP_REDIRECT into a veth, which dialtone does not use). Each veth has
+# --queues queues (default: one per CPU); with n dataplane workers, worker i polls queues
+# i, i+n, ... so any queue count works.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 action=${1:-}
 [ -n "$action" ] || usage

@@ -6,8 +6,10 @@
 set -euo pipefail
 
 packages=(
-  # build: C toolchain for the XDP program and -sys crates
-  build-essential pkg-config clang llvm libelf-dev zlib1g-dev
+  # build: C toolchain for the XDP program (clang -target bpf, libbpf's headers) and -sys crates;
+  # xsk-rs's use_cc_build compiles libxdp and libbpf from source: m4 preprocesses libxdp's
+  # dispatcher, llc builds its BPF objects, bindgen needs libclang
+  build-essential pkg-config clang llvm libelf-dev zlib1g-dev libbpf-dev m4 libclang-dev
   # lab
   iproute2 ethtool iputils-ping procps psmisc tcpdump nftables
   # real DHCP clients and the DHCP peer for comparison (perfdhcp is in kea-admin)

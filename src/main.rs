@@ -29,7 +29,9 @@ enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
-    /// Run the gateway until SIGINT or SIGTERM.
+    /// Run the gateway until SIGINT or SIGTERM: DHCP, TFTP, pre-provisioning, the management
+    /// API and, when `dataplane.enabled` (the default), the AF_XDP dataplane that translates the
+    /// phones' traffic. Stopping detaches the XDP program from both interfaces.
     Run {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -40,6 +42,14 @@ enum Command {
     Leases {
         /// Only this phone's leases.
         mac: Option<String>,
+        /// Configuration file of the running gateway (management address and token).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the dataplane's counters: per worker received and sent frames, every drop reason,
+    /// batches, kernel wake-ups, control-ring events and where its UMEM frames are; and the XDP
+    /// program's pass/redirect counts (asks the running gateway's management API).
+    Stats {
         /// Configuration file of the running gateway (management address and token).
         #[arg(long, short)]
         config: PathBuf,
@@ -127,6 +137,7 @@ fn main() -> ExitCode {
             let path = mac.map_or_else(|| "/v1/leases".to_owned(), |m| format!("/v1/leases/{}", encode(&m)));
             ask_management(&config, &path)
         }
+        Command::Stats { config } => ask_management(&config, "/v1/stats"),
         Command::Token { action: TokenAction::Create { name, role, default_contact, config } } => {
             token_create(&config, &name, &role, default_contact.as_deref())
         }

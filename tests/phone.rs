@@ -5,8 +5,8 @@
 //! unregistered device ID, a pre-provisioning server that does not answer, a firmware image whose
 //! digest does not match.
 //!
-//! The line step needs the NAPPT dataplane to carry traffic through the gateway; these tests stop
-//! after the firmware step (`--until firmware`).
+//! Most tests stop after the firmware step (`--until firmware`); one goes on to the line step,
+//! through the gateway's NAPPT dataplane to an echo responder in the far network.
 
 mod common;
 
@@ -86,10 +86,15 @@ impl Fixture {
 
     /// `dialtone phone` in the phones namespace, stopping after the firmware.
     fn boot(&self, nvram: &Path) -> Output {
+        self.boot_until(nvram, "firmware")
+    }
+
+    /// `dialtone phone` in the phones namespace, stopping after `until`.
+    fn boot_until(&self, nvram: &Path, until: &str) -> Output {
         common::run(
             self.lab
                 .exec("phones", common::dialtone())
-                .args(["phone", "--iface", "eth0", "--until", "firmware", "--attempts", "3"])
+                .args(["phone", "--iface", "eth0", "--until", until, "--attempts", "3"])
                 .args(["--backoff-ms", "200", "--timeout-ms", "1000", "--nvram"])
                 .arg(nvram),
         )
@@ -283,4 +288,33 @@ fn firmware_with_a_wrong_digest_is_refused() {
     assert!(stderr.contains(&format!("does not match the expected {wrong}; image refused")), "{stderr}");
     let n = nvram_json(&nvram);
     assert!(n.get("firmware_version").is_none() && n.get("firmware_sha256").is_none(), "{n}");
+}
+
+/// The far end's UDP echo responder: answers `<payload> seen <ip>:<port>` (what `dialtone-fleet
+/// echo` does), so the phone can check what NAPPT made of its source.
+const ECHO: &str = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('203.0.113.10', 7))\nwhile True:\n    d, a = s.recvfrom(2048)\n    s.sendto(d + (' seen %s:%d' % a).encode(), a)\n";
+
+#[test]
+fn line_step_goes_through_nappt_with_ports_unchanged() {
+    let f = Fixture::new("phl", None);
+    let mut echo = f.lab.exec("net", "/usr/bin/python3").args(["-c", ECHO]).spawn().expect("echo responder");
+    std::thread::sleep(Duration::from_millis(300));
+    let nvram = f.nvram("line.json", "02:dc:00:00:00:07", "dialtone-phone", "100.64.0.1:8080", None);
+    let out = f.boot_until(&nvram, "line");
+    let _ = echo.kill();
+    let _ = echo.wait();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = lines(&stdout, "line");
+    assert_eq!(line.len(), 1, "{stdout}");
+    // The block of the lease, and the public address the far end saw: inside the softphone
+    // class's public pool, never the phone's private address.
+    let dhcp = lines(&stdout, "dhcp")[0];
+    let block = dhcp.split("port block ").nth(1).and_then(|b| b.split(' ').next()).expect("block");
+    assert!(line[0].contains(&format!("of block {block};")), "{line:?} vs {dhcp}");
+    let seen = line[0].split("saw source ").nth(1).and_then(|s| s.split(' ').next()).expect("seen");
+    let seen: std::net::Ipv4Addr = seen.parse().expect("one public address");
+    assert!("198.51.100.192/26".parse::<ipnet::Ipv4Net>().expect("net").contains(&seen), "{seen}");
+    assert!(line[0].contains("with each port unchanged"), "{line:?}");
+    assert!(stdout.contains("up to line"), "{stdout}");
 }

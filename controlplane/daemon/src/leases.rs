@@ -91,6 +91,12 @@ impl LeaseTable {
         self.leases.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&address).copied()
     }
 
+    /// Every current lease, by address.
+    pub fn entries(&self) -> Vec<(Ipv4Addr, LeaseEntry)> {
+        let map = self.leases.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(address, entry)| (*address, *entry)).collect()
+    }
+
     /// Number of current leases.
     pub fn len(&self) -> usize {
         self.leases.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
@@ -262,6 +268,7 @@ mod tests {
         table.seed(&config, &snapshot);
         assert_eq!(table.len(), 1);
         let address = class.address_at(7).expect("address");
+        assert_eq!(table.entries().iter().map(|(a, e)| (*a, e.offset)).collect::<Vec<_>>(), vec![(address, 7)]);
         let info = table.lookup(address).expect("seeded");
         assert_eq!(info.parameters.get("sip_user").map(String::as_str), Some("1001"));
         assert_eq!(info.lan_ip, address);

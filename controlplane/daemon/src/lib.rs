@@ -5,6 +5,10 @@
 //! [`dialtone_config::Config`]. Outputs: running services and a handle that stops them. It must
 //! never start half a gateway: any service that cannot start stops those already started and the
 //! error says which one and why.
+//!
+//! The AF_XDP dataplane (`dialtone-xdp`, when `dataplane.enabled`) starts before DHCP: the
+//! current leases are pushed to every worker first, then every lease event DHCP publishes reaches
+//! every worker's control ring on the DHCP thread, right after the lease is durable.
 #![forbid(unsafe_code)]
 
 pub mod leases;
@@ -16,9 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dialtone_config::{Config, TokenSource};
+use dialtone_dhcp::{LeaseChange, LeaseEvent};
 use dialtone_http::{Limits, Server};
+use dialtone_nappt::Update;
 use dialtone_preprov::{RedbRegistry, Registry, Service, ServiceSettings};
 use dialtone_store::{GroupCommitter, RedbStore, Store};
+use dialtone_xdp::{Broadcast, Dataplane};
 
 pub use leases::{LeaseEntry, LeaseFanout, LeaseSubscriber, LeaseTable};
 pub use management::{Management, MetricSources};
@@ -103,6 +110,7 @@ pub struct Gateway {
     committer: Option<Arc<GroupCommitter>>,
     pruner: Option<dialtone_dhcp::server::HistoryPruner>,
     tftp: Option<dialtone_tftp::ServerHandle>,
+    dataplane: Option<Dataplane>,
     leases: Arc<LeaseTable>,
 }
 
@@ -130,8 +138,32 @@ impl Gateway {
         // Current leases by address: seeded from the store, then kept by DHCP's lease events.
         let leases = Arc::new(LeaseTable::new(registry.clone()));
         leases.seed(config, &store.snapshot().map_err(|e| service_error("store")(e.to_string()))?);
-        let mut gateway =
-            Gateway { servers: Vec::new(), dhcp: None, committer: None, pruner: None, tftp: None, leases };
+        let mut gateway = Gateway {
+            servers: Vec::new(),
+            dhcp: None,
+            committer: None,
+            pruner: None,
+            tftp: None,
+            dataplane: None,
+            leases,
+        };
+
+        // The dataplane (claims 001: 3-7, 18-22): started before DHCP so that no lease event
+        // is missed; the leases already current reach every worker first.
+        if config.dataplane.enabled {
+            let dataplane = Dataplane::start(config, dialtone_xdp::Mode::Translate, None)
+                .map_err(|e| service_error("dataplane")(e.to_string()))?;
+            let control = dataplane.control();
+            let current = gateway.leases.entries();
+            for (_, entry) in &current {
+                if let Ok(class) = u16::try_from(entry.class) {
+                    control.update(Update::LeaseUp { class, offset: entry.offset, mac: entry.mac });
+                }
+            }
+            tracing::info!(leases = current.len(), "dataplane has the current leases");
+            metrics.dataplane = dataplane.stats();
+            gateway.dataplane = Some(dataplane);
+        }
 
         // DHCP: the engine resumes from the durable leases; ACKs leave only once their lease is
         // durable (group commit, claims 001: 10, 25, 40).
@@ -154,7 +186,13 @@ impl Gateway {
             )
             .map_err(|e| service_error("dhcp")(format!("binding UDP 67 on {}: {e}", config.lan.interface)))?;
             // The fan-out point of lease changes: the lease table first, then subscribers.
-            let leases = LeaseFanout::new(Arc::clone(&gateway.leases)).sink();
+            let mut fanout = LeaseFanout::new(Arc::clone(&gateway.leases));
+            if let Some(dataplane) = &gateway.dataplane {
+                let control = dataplane.control();
+                let table = Arc::clone(&gateway.leases);
+                fanout.subscribe(Box::new(move |event: &LeaseEvent| push_lease(&control, &table, event)));
+            }
+            let leases = fanout.sink();
             let server = dialtone_dhcp::server::Server::spawn(
                 engine,
                 Arc::new(transport),
@@ -271,7 +309,28 @@ impl Gateway {
         }
         // Dropping the last reference commits what is queued, then ends the committer thread.
         self.committer.take();
+        // Last: no lease event can arrive any more. Stops the workers and detaches XDP.
+        if let Some(dataplane) = self.dataplane.take() {
+            dataplane.stop();
+            tracing::info!(service = "dataplane", "stopped");
+        }
     }
+}
+
+/// Turns one lease event into the dataplane update every worker gets. Runs on the DHCP thread
+/// after the lease table has applied the event; waits at most `FULL_RING_WAIT` per worker when a
+/// control ring is full (see `dialtone_xdp::control`).
+fn push_lease(control: &Broadcast, table: &LeaseTable, event: &LeaseEvent) {
+    let Ok(class) = u16::try_from(event.class) else { return };
+    let update = match event.change {
+        LeaseChange::Granted | LeaseChange::Renewed => Update::LeaseUp { class, offset: event.offset, mac: event.mac },
+        LeaseChange::Released | LeaseChange::Expired | LeaseChange::Declined => match table.get(event.address) {
+            // A late end of an earlier holder's lease: the current holder keeps its entry.
+            Some(current) if current.mac != event.mac => return,
+            _ => Update::LeaseDown { class, offset: event.offset },
+        },
+    };
+    control.update(update);
 }
 
 /// Starts the TFTP server on `tftp.listen`. A class whose root is missing is logged and serves

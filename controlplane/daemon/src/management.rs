@@ -5,6 +5,7 @@
 //! GET /v1/leases                               current leases with their public address and block
 //! GET /v1/leases/{mac}                         one phone's leases
 //! GET /v1/whois?addr=IP:PORT[&at=RFC3339]      who held that public address and port at that time
+//! GET /v1/stats                                the dataplane's per-worker counters (JSON)
 //! GET /metrics                                 Prometheus text
 //! GET /health                                  "ok"
 //! ```
@@ -29,6 +30,8 @@ pub struct MetricSources {
     pub preprov: Option<Arc<dialtone_preprov::Counters>>,
     /// TFTP server.
     pub tftp: Option<Arc<dialtone_tftp::TftpMetrics>>,
+    /// AF_XDP dataplane workers.
+    pub dataplane: Option<dialtone_xdp::StatsHandle>,
 }
 
 impl std::fmt::Debug for MetricSources {
@@ -187,9 +190,93 @@ impl Management {
                 }
             }
         }
+        if let Some(dataplane) = &self.metrics.dataplane {
+            render_dataplane(&mut out, dataplane);
+        }
         let mut r = Response::text(StatusCode::OK, out);
         r.content_type = "text/plain; version=0.0.4; charset=utf-8";
         r
+    }
+
+    fn stats(&self) -> Response {
+        let Some(dataplane) = &self.metrics.dataplane else {
+            return Response::error(StatusCode::NOT_FOUND, "the dataplane is not running (dataplane.enabled = false)");
+        };
+        let workers: Vec<String> = dataplane
+            .workers()
+            .iter()
+            .map(|w| {
+                let counters: Vec<String> = w
+                    .stats
+                    .samples()
+                    .iter()
+                    .map(|(name, label, value)| format!("\"{}\":{value}", stats_key(name, *label)))
+                    .collect();
+                format!("{{\"worker\":{},\"cpu\":{},{}}}", w.worker, w.cpu, counters.join(","))
+            })
+            .collect();
+        let xdp = dataplane.xdp().map_or("null".to_owned(), |v| {
+            format!(
+                "{{\"lan_pass\":{},\"lan_redirect\":{},\"wan_pass\":{},\"wan_redirect\":{}}}",
+                v.lan_pass, v.lan_redirect, v.wan_pass, v.wan_redirect
+            )
+        });
+        Response::json(
+            StatusCode::OK,
+            format!(
+                "{{\"xdp_mode\":\"{}\",\"binding\":\"{}\",\"xdp\":{xdp},\"workers\":[{}]}}\n",
+                dataplane.attachment().name(),
+                dataplane.binding().name(),
+                workers.join(",")
+            ),
+        )
+    }
+}
+
+/// `dialtone_dataplane_rx_frames_total` + `side=lan` -> `rx_frames_lan`.
+fn stats_key(name: &str, label: Option<(&str, &str)>) -> String {
+    let short = name.trim_start_matches("dialtone_dataplane_").trim_end_matches("_total");
+    match label {
+        Some((_, value)) => format!("{short}_{value}"),
+        None => short.to_owned(),
+    }
+}
+
+/// Every worker's counters (label `worker="i"`) and the XDP program's verdicts.
+fn render_dataplane(out: &mut String, dataplane: &dialtone_xdp::StatsHandle) {
+    let workers = dataplane.workers();
+    let mut samples: Vec<(usize, dialtone_xdp::stats::Sample)> = Vec::new();
+    for w in &workers {
+        samples.extend(w.stats.samples().into_iter().map(|sample| (w.worker, sample)));
+    }
+    // Stable: each metric's lines stay in worker order.
+    samples.sort_by_key(|(_, sample)| sample.0);
+    let mut last = "";
+    for (worker, (name, label, value)) in samples {
+        if name != last {
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            last = name;
+        }
+        match label {
+            Some((key, val)) => {
+                let _ = writeln!(out, "{name}{{worker=\"{worker}\",{key}=\"{val}\"}} {value}");
+            }
+            None => {
+                let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {value}");
+            }
+        }
+    }
+    if let Some(v) = dataplane.xdp() {
+        let _ = writeln!(out, "# TYPE dialtone_xdp_frames_total counter");
+        for (side, action, value) in [
+            ("lan", "pass", v.lan_pass),
+            ("lan", "redirect", v.lan_redirect),
+            ("wan", "pass", v.wan_pass),
+            ("wan", "redirect", v.wan_redirect),
+        ] {
+            let _ = writeln!(out, "dialtone_xdp_frames_total{{side=\"{side}\",action=\"{action}\"}} {value}");
+        }
     }
 }
 
@@ -206,6 +293,7 @@ impl Handler for Management {
             (&Method::GET, ["v1", "leases"]) => self.leases(None),
             (&Method::GET, ["v1", "leases", mac]) => self.leases(Some(mac)),
             (&Method::GET, ["v1", "whois"]) => self.whois(req),
+            (&Method::GET, ["v1", "stats"]) => self.stats(),
             (&Method::GET, ["metrics"]) => self.metrics(),
             _ => Response::error(StatusCode::NOT_FOUND, "no such resource"),
         }
