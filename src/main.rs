@@ -59,6 +59,41 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Boot a phone from its NVRAM to line up, one log line per step (claims 000: 13-24).
+    ///
+    /// Steps: dhcp (lease, option 60 sent, 66/67/150/43/159 asked; the interface takes the NVRAM
+    /// MAC and the leased address), discovery (DHCP provisioning resources, else the NVRAM
+    /// provisioning contact, else the pre-provisioning inquiry whose answer is stored in NVRAM),
+    /// provisioning (the inquiry to the provisioning entity, or the per-phone file on the DHCP TFTP
+    /// server), firmware (TFTP, size and SHA-256 checked, version recorded in NVRAM), line (UDP
+    /// from ports of the block to the far-end echo responder). Servers that do not answer are
+    /// retried with doubling waits. Exits 1 naming the step and the reason when one fails.
+    ///
+    /// NVRAM is a JSON file: {"device_id", "mac", "vendor_class", "preprov_contact"} written at the
+    /// factory, plus "provisioning_contact", "firmware_version" and "firmware_sha256" once learnt.
+    Phone {
+        /// NVRAM file (JSON), rewritten atomically when the phone learns something.
+        #[arg(long)]
+        nvram: PathBuf,
+        /// Interface the phone owns (run inside the phones' namespace).
+        #[arg(long)]
+        iface: String,
+        /// Last step to run: dhcp, discovery, provisioning, firmware or line.
+        #[arg(long, default_value = "line", value_parser = ["dhcp", "discovery", "provisioning", "firmware", "line"])]
+        until: String,
+        /// Far-end UDP echo responder of the line step (answers `<payload> seen <ip>:<port>`).
+        #[arg(long, default_value = "203.0.113.10:7")]
+        far_end: std::net::SocketAddr,
+        /// Attempts while a server does not answer (DHCP, HTTP, TFTP, echo).
+        #[arg(long, default_value_t = 5)]
+        attempts: u32,
+        /// First wait between attempts, doubled after each (at most 8 s), in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        backoff_ms: u64,
+        /// Wait for one answer, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Who held a public address and port, now or at a past time (from lease history).
     Whois {
         /// PUBLIC_IP:PORT, e.g. 198.51.100.7:41022.
@@ -105,6 +140,17 @@ fn main() -> ExitCode {
         Command::Stats { config } => ask_management(&config, "/v1/stats"),
         Command::Token { action: TokenAction::Create { name, role, default_contact, config } } => {
             token_create(&config, &name, &role, default_contact.as_deref())
+        }
+        Command::Phone { nvram, iface, until, far_end, attempts, backoff_ms, timeout_ms } => {
+            let settings = dialtone_phone::Settings {
+                attempts: attempts.max(1),
+                backoff: std::time::Duration::from_millis(backoff_ms),
+                timeout: std::time::Duration::from_millis(timeout_ms.max(1)),
+                until: dialtone_phone::Step::parse(&until).unwrap_or(dialtone_phone::Step::Line),
+                far_end,
+                ..dialtone_phone::Settings::default()
+            };
+            phone(&nvram, &iface, &settings)
         }
         Command::Whois { addr, at, config } => {
             let at = at.map_or(String::new(), |t| format!("&at={}", encode(&t)));
@@ -186,6 +232,43 @@ fn token_create(config: &std::path::Path, name: &str, role: &str, contact: Optio
     let registry = dialtone_preprov::RedbRegistry::new(db)?;
     let token = dialtone_preprov::create_account(&registry, "cli", name, role, contact)?;
     println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The single phone's log: one line per step on stdout, NVRAM written to its file.
+#[derive(Debug)]
+struct PhoneLog<'a> {
+    nvram_path: &'a std::path::Path,
+}
+
+impl dialtone_phone::Observer for PhoneLog<'_> {
+    fn step_done(&mut self, step: dialtone_phone::Step, elapsed: std::time::Duration, line: &str) {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}: {line} [{} ms]", step.name(), elapsed.as_millis());
+        let _ = out.flush();
+    }
+
+    fn nvram_changed(&mut self, nvram: &dialtone_phone::Nvram) -> Result<(), String> {
+        nvram.store(self.nvram_path).map_err(|e| e.to_string())
+    }
+}
+
+fn phone(nvram_path: &std::path::Path, iface: &str, settings: &dialtone_phone::Settings) -> anyhow::Result<ExitCode> {
+    let mut nvram = dialtone_phone::Nvram::load(nvram_path)?;
+    let mac = nvram.mac_addr().map_err(anyhow::Error::msg)?;
+    let mut link = dialtone_phone::link::InterfaceLink::open(iface, mac.0)
+        .with_context(|| format!("taking interface {iface} with MAC {}", nvram.mac))?;
+    // A transaction id that differs per boot: the clock's nanoseconds mixed with the MAC.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let xid = nanos ^ u32::from_be_bytes([mac.0[2], mac.0[3], mac.0[4], mac.0[5]]);
+    let booted = dialtone_phone::boot(&mut nvram, &mut link, xid, settings, &mut PhoneLog { nvram_path })?;
+    println!(
+        "phone {}: up to {} ({})",
+        nvram.device_id,
+        booted.last_step.name(),
+        booted.path.map_or("no discovery", |p| p.name())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

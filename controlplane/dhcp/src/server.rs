@@ -258,8 +258,9 @@ fn publish(leases: &LeaseSink, effects: Vec<Effect>) {
 /// replies leave only after the commit carrying all of its writes.
 fn absorb<T: Transport>(out: Output, batch: &mut Output, transport: &Arc<T>, leases: &LeaseSink) {
     if out.writes.is_empty() {
-        send_all(&**transport, &out.replies);
+        // Events before replies, as in `dispatch`.
         publish(leases, out.effects);
+        send_all(&**transport, &out.replies);
         return;
     }
     batch.replies.extend(out.replies);
@@ -270,9 +271,11 @@ fn absorb<T: Transport>(out: Output, batch: &mut Output, transport: &Arc<T>, lea
 /// Sends at once what needs no write; otherwise after the commit carrying the writes.
 fn dispatch<T: Transport>(out: Output, transport: &Arc<T>, committer: &GroupCommitter, leases: &LeaseSink) {
     let Output { replies, effects, writes } = out;
+    // Lease events are published before the replies leave, so a phone that uses its address the
+    // moment its ACK arrives (a TFTP request for its per-phone file) finds the lease table current.
     if writes.is_empty() {
-        send_all(&**transport, &replies);
         publish(leases, effects);
+        send_all(&**transport, &replies);
         return;
     }
     let (transport, leases) = (Arc::clone(transport), Arc::clone(leases));
@@ -280,8 +283,8 @@ fn dispatch<T: Transport>(out: Output, transport: &Arc<T>, committer: &GroupComm
         writes,
         Box::new(move |result| match result {
             Ok(()) => {
-                send_all(&*transport, &replies);
                 publish(&leases, effects);
+                send_all(&*transport, &replies);
             }
             Err(e) => {
                 tracing::error!(error = %e, withheld = replies.len(), "dhcp: lease not durable, replies withheld");

@@ -492,12 +492,55 @@ pub fn get(
     token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    request(&ClientRequest { method: "GET", addr, path_and_query, token, body: None, local: None }, timeout)
+}
+
+/// One blocking HTTP/1.1 request of [`request`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRequest<'a> {
+    /// `GET`, `PUT`, `POST`, `DELETE`.
+    pub method: &'a str,
+    /// Server.
+    pub addr: SocketAddr,
+    /// Path and query.
+    pub path_and_query: &'a str,
+    /// Bearer token.
+    pub token: Option<&'a str>,
+    /// Content type and body.
+    pub body: Option<(&'a str, &'a [u8])>,
+    /// Source address to connect from (a phone's leased address), else the kernel's choice.
+    pub local: Option<std::net::IpAddr>,
+}
+
+/// Sends one request with `Connection: close` and returns the status code and the body (at most
+/// 16 MiB). The phone agent and the fleet simulator use it with `local` set, so each phone's
+/// inquiry leaves from its own address.
+pub fn request(req: &ClientRequest<'_>, timeout: Duration) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let mut stream = match req.local {
+        None => std::net::TcpStream::connect_timeout(&req.addr, timeout)?,
+        Some(local) => {
+            let socket = socket2::Socket::new(socket2::Domain::for_address(req.addr), socket2::Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(local, 0).into())?;
+            socket.connect_timeout(&req.addr.into(), timeout)?;
+            socket.into()
+        }
+    };
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(stream, "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")?;
+    stream.set_nodelay(true)?;
+    let auth = req.token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let (content, body) = match req.body {
+        Some((kind, bytes)) => (format!("Content-Type: {kind}\r\nContent-Length: {}\r\n", bytes.len()), bytes),
+        None => (String::new(), &[][..]),
+    };
+    let head = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\n{auth}{content}Connection: close\r\n\r\n",
+        req.method, req.path_and_query, req.addr
+    );
+    let mut message = head.into_bytes();
+    message.extend_from_slice(body);
+    stream.write_all(&message)?;
     let mut raw = Vec::new();
     stream.take(16 << 20).read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
