@@ -276,10 +276,11 @@ fn slow_clients_do_not_hold_the_service() {
     );
 
     // Thread count stays bounded: at most the pre-provisioning blocking pool (preprov.threads = 4
-    // by default) may start, whatever the number of connections.
+    // by default) may start, whatever the number of connections. (It may also be lower: an idle
+    // blocking-pool thread of the account set-up above retires after 10 s on a loaded machine.)
     let threads = count_threads();
     assert!(
-        threads >= threads_before && threads <= threads_before + 4,
+        threads > 0 && threads <= threads_before + 4,
         "{threads_before} threads before, {threads} while 2,000 slow clients are connected"
     );
     let _ = slow.kill();

@@ -226,6 +226,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_kernel_keeps_the_gateways_own_addresses_and_the_lan_broadcast() {
+        let text = include_str!("../../../config/examples/dialtone.toml");
+        let config = dialtone_config::load_str(
+            "dialtone.toml",
+            text,
+            std::path::Path::new("."),
+            dialtone_config::CpuPolicy::Ignore,
+        )
+        .expect("lab config")
+        .config;
+        let expected: Vec<Ipv4Addr> =
+            ["100.64.0.1", "100.64.255.255", "192.0.2.1"].iter().map(|a| a.parse().expect("address")).collect();
+        assert_eq!(gateway_addresses(&config), expected);
+    }
+
+    #[test]
     fn the_embedded_object_is_bpf_elf() {
         // ELF magic, 64-bit, and machine EM_BPF (247) at offset 18.
         assert_eq!(&OBJECT[..4], b"\x7fELF");

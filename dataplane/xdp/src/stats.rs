@@ -70,6 +70,16 @@ pub struct Tally {
     pub frames_in_fill: u64,
     /// Frames given to the transmit rings and not yet completed (gauge).
     pub frames_in_tx: u64,
+    /// The kernel's own socket counters (XDP_STATISTICS, summed over the worker's sockets,
+    /// read every [`crate::worker::SOCKET_STATS_MS`]): frames the kernel could not place
+    /// because the receive ring was full.
+    pub socket_rx_ring_full: u64,
+    /// ... because the fill ring was empty (or for other reasons, the kernel's `rx_dropped`).
+    pub socket_rx_dropped: u64,
+    /// Fill-ring empty events.
+    pub socket_fill_ring_empty: u64,
+    /// Invalid receive or transmit descriptors.
+    pub socket_invalid_descs: u64,
 }
 
 /// One worker's published counters.
@@ -92,6 +102,10 @@ pub struct WorkerStats {
     frames_free: AtomicU64,
     frames_in_fill: AtomicU64,
     frames_in_tx: AtomicU64,
+    socket_rx_ring_full: AtomicU64,
+    socket_rx_dropped: AtomicU64,
+    socket_fill_ring_empty: AtomicU64,
+    socket_invalid_descs: AtomicU64,
     translator_drops: [AtomicU64; DropReason::COUNT],
     translator_to_kernel: AtomicU64,
     time_exceeded_sent: AtomicU64,
@@ -141,6 +155,10 @@ impl WorkerStats {
         self.frames_free.store(tally.frames_free, Relaxed);
         self.frames_in_fill.store(tally.frames_in_fill, Relaxed);
         self.frames_in_tx.store(tally.frames_in_tx, Relaxed);
+        self.socket_rx_ring_full.store(tally.socket_rx_ring_full, Relaxed);
+        self.socket_rx_dropped.store(tally.socket_rx_dropped, Relaxed);
+        self.socket_fill_ring_empty.store(tally.socket_fill_ring_empty, Relaxed);
+        self.socket_invalid_descs.store(tally.socket_invalid_descs, Relaxed);
         for (slot, value) in self.translator_drops.iter().zip(translator.drops) {
             slot.store(value, Relaxed);
         }
@@ -180,6 +198,10 @@ impl WorkerStats {
                 frames_free: self.frames_free.load(Relaxed),
                 frames_in_fill: self.frames_in_fill.load(Relaxed),
                 frames_in_tx: self.frames_in_tx.load(Relaxed),
+                socket_rx_ring_full: self.socket_rx_ring_full.load(Relaxed),
+                socket_rx_dropped: self.socket_rx_dropped.load(Relaxed),
+                socket_fill_ring_empty: self.socket_fill_ring_empty.load(Relaxed),
+                socket_invalid_descs: self.socket_invalid_descs.load(Relaxed),
             },
             translator: Counters {
                 to_wan: 0,
@@ -241,6 +263,10 @@ impl StatsSnapshot {
             ("dialtone_dataplane_time_exceeded_sent_total", None, self.translator.time_exceeded_sent),
             ("dialtone_dataplane_fragments_followed_total", None, self.translator.fragments_followed),
             ("dialtone_dataplane_fragment_evictions_total", None, self.translator.fragment_evictions),
+            ("dialtone_dataplane_socket_drops_total", Some(("reason", "rx_ring_full")), e.socket_rx_ring_full),
+            ("dialtone_dataplane_socket_drops_total", Some(("reason", "rx_dropped")), e.socket_rx_dropped),
+            ("dialtone_dataplane_socket_drops_total", Some(("reason", "fill_ring_empty")), e.socket_fill_ring_empty),
+            ("dialtone_dataplane_socket_drops_total", Some(("reason", "invalid_desc")), e.socket_invalid_descs),
             ("dialtone_dataplane_frames", Some(("where", "free")), e.frames_free),
             ("dialtone_dataplane_frames", Some(("where", "fill")), e.frames_in_fill),
             ("dialtone_dataplane_frames", Some(("where", "tx")), e.frames_in_tx),
@@ -273,6 +299,10 @@ mod tests {
             frames_free: 16,
             frames_in_fill: 20,
             frames_in_tx: 21,
+            socket_rx_ring_full: 22,
+            socket_rx_dropped: 23,
+            socket_fill_ring_empty: 24,
+            socket_invalid_descs: 25,
         };
         let mut translator = Counters::default();
         translator.drops[DropReason::PortOutsideBlock.index()] = 17;
@@ -291,5 +321,6 @@ mod tests {
         assert_eq!(value("dialtone_dataplane_drops_total", "port_outside_block"), Some(17));
         assert_eq!(value("dialtone_dataplane_drops_total", "tx_ring_full"), Some(5));
         assert_eq!(value("dialtone_dataplane_rx_frames_total", "wan"), Some(2));
+        assert_eq!(value("dialtone_dataplane_socket_drops_total", "rx_ring_full"), Some(22));
     }
 }

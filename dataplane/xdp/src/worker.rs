@@ -42,6 +42,9 @@ const CHUNK: usize = 64;
 const IDLE_SPINS: u32 = 2_000;
 /// Longest sleep (a safety net: stop and control messages wake the worker at once).
 const IDLE_POLL_MS: i32 = 100;
+/// How often the worker reads the kernel's socket counters (XDP_STATISTICS, one getsockopt per
+/// socket): often enough for a benchmark to see where frames went, rare enough to cost nothing.
+pub const SOCKET_STATS_MS: u64 = 250;
 /// Copy-mode transmission sends at most this many frames per sendto (the kernel's
 /// TX_BATCH_SIZE) and answers EAGAIN when more remain.
 const KERNEL_TX_BUDGET: usize = 32;
@@ -242,6 +245,7 @@ pub struct Worker {
     comp_descs: Vec<FrameDesc>,
     pollfds: Vec<libc::pollfd>,
     clock: Instant,
+    socket_stats_at_ms: u64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -328,6 +332,7 @@ impl Worker {
             comp_descs: vec![FrameDesc::default(); batch.max(CHUNK)],
             pollfds,
             clock: Instant::now(),
+            socket_stats_at_ms: 0,
         };
         worker.refill();
         worker.publish();
@@ -346,6 +351,10 @@ impl Worker {
             }
             work |= self.kick_pending();
             self.refill();
+            if now_ms >= self.socket_stats_at_ms {
+                self.socket_stats_at_ms = now_ms + SOCKET_STATS_MS;
+                self.read_socket_stats();
+            }
             if work {
                 idle = 0;
                 self.publish();
@@ -560,6 +569,23 @@ impl Worker {
         // SAFETY: poll(2) over our own array of pollfd structs, its exact length.
         let _ = unsafe { libc::poll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, IDLE_POLL_MS) };
         self.waker.unpark();
+    }
+
+    /// Sums the kernel's counters over the worker's sockets.
+    fn read_socket_stats(&mut self) {
+        let (mut ring_full, mut dropped, mut fill_empty, mut invalid) = (0, 0, 0, 0);
+        for port in &self.ports {
+            if let Ok(s) = port.rx.fd().xdp_statistics() {
+                ring_full += s.rx_ring_full();
+                dropped += s.rx_dropped();
+                fill_empty += s.rx_fill_ring_empty_descs();
+                invalid += s.rx_invalid_descs() + s.tx_invalid_descs();
+            }
+        }
+        self.tally.socket_rx_ring_full = ring_full;
+        self.tally.socket_rx_dropped = dropped;
+        self.tally.socket_fill_ring_empty = fill_empty;
+        self.tally.socket_invalid_descs = invalid;
     }
 
     fn publish(&mut self) {

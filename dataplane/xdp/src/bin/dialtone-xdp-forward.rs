@@ -1,6 +1,7 @@
 //! `dialtone-xdp-forward`: dialtone's AF_XDP workers in plain forwarding mode, the I/O ceiling
 //! the dataplane benchmark compares the NAPPT dataplane with.
 
+use std::io::IsTerminal as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.logging.level.as_str())),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init()
         .map_err(|e| anyhow::anyhow!("initialising logging: {e}"))?;
