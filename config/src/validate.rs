@@ -494,7 +494,7 @@ impl Ctx<'_> {
         let frames_per_worker = self.number(
             d.and_then(|d| d.frames_per_worker.as_ref()),
             "dataplane.frames_per_worker",
-            4096,
+            16384,
             512,
             1 << 20,
         );
