@@ -10,8 +10,9 @@
 //! Loop (DESIGN.md "Workers"): drain the control ring; reap completions; receive a batch per
 //! socket; translate it ([`dialtone_nappt::Nappt::translate`]) or, in plain forwarding mode,
 //! rewrite its MACs; transmit on the other side (or the same one); kick the kernel when a ring
-//! says `needs_wakeup`; refill the fill rings; publish counters. After a stretch of empty
-//! iterations the worker sleeps in poll(2) on its sockets and its control eventfd.
+//! says `needs_wakeup`; refill the fill rings; publish counters. The worker busy-polls while
+//! traffic flows; [`BUSY_POLL_MS`] after its last frame it sleeps in poll(2) on its sockets and
+//! its control eventfd.
 //!
 //! `unsafe` here is the AF_XDP contract (xsk-rs): a descriptor handed to a ring is not touched
 //! until the kernel gives it back, and each received frame's bytes are borrowed once, for one
@@ -38,8 +39,13 @@ use crate::Error;
 
 /// Frames translated together (the translator's own look-ahead window).
 const CHUNK: usize = 64;
-/// Empty loop iterations before the worker sleeps in poll(2).
-const IDLE_SPINS: u32 = 2_000;
+/// How long the worker keeps polling after its last frame before it sleeps in poll(2). While
+/// traffic flows it never sleeps: a core woken from poll(2) can take milliseconds to run the
+/// worker again (on a virtual machine above all), and every frame of the burst that woke it waits
+/// that long. Measured in the lab with `perf/dataplane.sh` at 200,000 frames/s: sleeping after
+/// 2,000 empty iterations (a fraction of a millisecond, so between the generator's bursts) gave
+/// p99 125 µs, p99.9 3.4 ms; polling on gave p99 68 µs, p99.9 146 µs.
+const BUSY_POLL_MS: u64 = 100;
 /// Longest sleep (a safety net: stop and control messages wake the worker at once).
 const IDLE_POLL_MS: i32 = 100;
 /// How often the worker reads the kernel's socket counters (XDP_STATISTICS, one getsockopt per
@@ -341,7 +347,7 @@ impl Worker {
 
     /// Runs until the stop flag is set.
     pub fn run(mut self) {
-        let mut idle = 0u32;
+        let mut last_work_ms = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
             let mut work = self.drain_control();
             work |= self.reap_completions();
@@ -356,13 +362,11 @@ impl Worker {
                 self.read_socket_stats();
             }
             if work {
-                idle = 0;
+                last_work_ms = now_ms;
                 self.publish();
                 continue;
             }
-            idle += 1;
-            if idle >= IDLE_SPINS {
-                idle = 0;
+            if now_ms.saturating_sub(last_work_ms) >= BUSY_POLL_MS {
                 self.sleep();
             }
         }
