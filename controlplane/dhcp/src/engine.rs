@@ -936,25 +936,7 @@ tftp_root = "/tmp"
 
     impl Msg {
         pub(crate) fn new(kind: MessageType, mac: MacAddr, vendor: &[u8]) -> Self {
-            let mut chaddr = [0u8; 16];
-            chaddr[..6].copy_from_slice(&mac.0);
-            let mut m = Message {
-                op: BOOTREQUEST,
-                htype: 1,
-                hlen: 6,
-                hops: 0,
-                xid: 0xdead_beef,
-                secs: 0,
-                flags: 0,
-                ciaddr: Ipv4Addr::UNSPECIFIED,
-                yiaddr: Ipv4Addr::UNSPECIFIED,
-                siaddr: Ipv4Addr::UNSPECIFIED,
-                giaddr: Ipv4Addr::UNSPECIFIED,
-                chaddr,
-                sname: [0; 64],
-                file: [0; 128],
-                options: Options::new(),
-            };
+            let mut m = Message::request(0xdead_beef, mac.0, Options::new());
             m.options.set(code::MESSAGE_TYPE, vec![kind as u8]);
             m.options.set(code::VENDOR_CLASS, vendor.to_vec());
             m.options.set(code::MAX_MESSAGE_SIZE, 1500u16.to_be_bytes().to_vec());

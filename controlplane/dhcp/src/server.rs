@@ -254,13 +254,19 @@ fn publish(leases: &LeaseSink, effects: Vec<Effect>) {
     }
 }
 
-/// Sends at once what needs no write (OFFER, NAK, INFORM); gathers the rest into `batch`, whose
-/// replies leave only after the commit carrying all of its writes.
+/// Publishes a reply set's lease events, then sends its replies. Events go first so a phone that
+/// uses its address the moment its ACK arrives (a TFTP request for its per-phone file) finds the
+/// lease table current.
+fn deliver<T: Transport>(transport: &T, leases: &LeaseSink, replies: &[Reply], effects: Vec<Effect>) {
+    publish(leases, effects);
+    send_all(transport, replies);
+}
+
+/// Delivers at once what needs no write (OFFER, NAK, INFORM); gathers the rest into `batch`,
+/// whose replies leave only after the commit carrying all of its writes.
 fn absorb<T: Transport>(out: Output, batch: &mut Output, transport: &Arc<T>, leases: &LeaseSink) {
     if out.writes.is_empty() {
-        // Events before replies, as in `dispatch`.
-        publish(leases, out.effects);
-        send_all(&**transport, &out.replies);
+        deliver(&**transport, leases, &out.replies, out.effects);
         return;
     }
     batch.replies.extend(out.replies);
@@ -268,24 +274,18 @@ fn absorb<T: Transport>(out: Output, batch: &mut Output, transport: &Arc<T>, lea
     batch.writes.extend(out.writes);
 }
 
-/// Sends at once what needs no write; otherwise after the commit carrying the writes.
+/// Delivers at once what needs no write; otherwise after the commit carrying the writes.
 fn dispatch<T: Transport>(out: Output, transport: &Arc<T>, committer: &GroupCommitter, leases: &LeaseSink) {
     let Output { replies, effects, writes } = out;
-    // Lease events are published before the replies leave, so a phone that uses its address the
-    // moment its ACK arrives (a TFTP request for its per-phone file) finds the lease table current.
     if writes.is_empty() {
-        publish(leases, effects);
-        send_all(&**transport, &replies);
+        deliver(&**transport, leases, &replies, effects);
         return;
     }
     let (transport, leases) = (Arc::clone(transport), Arc::clone(leases));
     committer.submit(
         writes,
         Box::new(move |result| match result {
-            Ok(()) => {
-                publish(&leases, effects);
-                send_all(&*transport, &replies);
-            }
+            Ok(()) => deliver(&*transport, &leases, &replies, effects),
             Err(e) => {
                 tracing::error!(error = %e, withheld = replies.len(), "dhcp: lease not durable, replies withheld");
             }

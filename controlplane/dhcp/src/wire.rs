@@ -210,6 +210,30 @@ pub struct Message {
 }
 
 impl Message {
+    /// A client's BOOTREQUEST from the Ethernet address `mac`: transaction `xid`, `options`, and
+    /// every other field zero (callers set flags, secs or ciaddr where their state needs them).
+    pub fn request(xid: u32, mac: [u8; 6], options: Options) -> Self {
+        let mut chaddr = [0u8; 16];
+        chaddr[..6].copy_from_slice(&mac);
+        Self {
+            op: BOOTREQUEST,
+            htype: 1,
+            hlen: 6,
+            hops: 0,
+            xid,
+            secs: 0,
+            flags: 0,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            siaddr: Ipv4Addr::UNSPECIFIED,
+            giaddr: Ipv4Addr::UNSPECIFIED,
+            chaddr,
+            sname: [0; 64],
+            file: [0; 128],
+            options,
+        }
+    }
+
     /// A reply skeleton echoing the request's identifying fields (RFC 2131 table 3).
     pub fn reply_to(request: &Message) -> Self {
         Self {

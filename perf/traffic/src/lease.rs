@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 
 use dialtone_config::portblock::decode_option159;
 use dialtone_config::Config;
-use dialtone_dhcp::wire::{code, BOOTREPLY, BOOTREQUEST, FLAG_BROADCAST};
+use dialtone_dhcp::wire::{code, BOOTREPLY, FLAG_BROADCAST};
 use dialtone_dhcp::{Message, Options};
 use serde::{Deserialize, Serialize};
 
@@ -199,25 +199,7 @@ impl LeaseEngine {
     }
 
     fn message(xid: u32, mac: [u8; 6], flags: u16, ciaddr: Ipv4Addr, options: Options) -> Message {
-        let mut chaddr = [0u8; 16];
-        chaddr[..6].copy_from_slice(&mac);
-        Message {
-            op: BOOTREQUEST,
-            htype: 1,
-            hlen: 6,
-            hops: 0,
-            xid,
-            secs: 0,
-            flags,
-            ciaddr,
-            yiaddr: Ipv4Addr::UNSPECIFIED,
-            siaddr: Ipv4Addr::UNSPECIFIED,
-            giaddr: Ipv4Addr::UNSPECIFIED,
-            chaddr,
-            sname: [0; 64],
-            file: [0; 128],
-            options,
-        }
+        Message { flags, ciaddr, ..Message::request(xid, mac, options) }
     }
 
     /// A client message from 0.0.0.0:68 to 255.255.255.255:67, broadcast flag set.

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use dialtone_config::portblock::decode_option159;
 use dialtone_config::MacAddr;
 use dialtone_dhcp::engine::vendor_suboption;
-use dialtone_dhcp::wire::{code, Message, Options, BOOTREPLY, BOOTREQUEST, FLAG_BROADCAST};
+use dialtone_dhcp::wire::{code, Message, Options, BOOTREPLY, FLAG_BROADCAST};
 
 /// The parameter request list (option 55): network basics, then the TFTP server (66, 150), the
 /// boot file (67), vendor information (43) and the port block (159), as the issue asks.
@@ -163,8 +163,6 @@ impl Client {
     }
 
     fn build(&self, kind: u8, request: Option<(Ipv4Addr, Ipv4Addr)>) -> Vec<u8> {
-        let mut chaddr = [0u8; 16];
-        chaddr[..6].copy_from_slice(&self.mac.0);
         let mut options = Options::new();
         options.set(code::MESSAGE_TYPE, vec![kind]);
         let mut client_id = vec![1u8];
@@ -177,23 +175,7 @@ impl Client {
         options.set(code::MAX_MESSAGE_SIZE, 1500u16.to_be_bytes().to_vec());
         options.set(code::VENDOR_CLASS, self.vendor_class.clone());
         options.set(code::PARAMETER_REQUEST_LIST, PARAMETER_REQUEST_LIST.to_vec());
-        let msg = Message {
-            op: BOOTREQUEST,
-            htype: 1,
-            hlen: 6,
-            hops: 0,
-            xid: self.xid,
-            secs: self.secs,
-            flags: FLAG_BROADCAST,
-            ciaddr: Ipv4Addr::UNSPECIFIED,
-            yiaddr: Ipv4Addr::UNSPECIFIED,
-            siaddr: Ipv4Addr::UNSPECIFIED,
-            giaddr: Ipv4Addr::UNSPECIFIED,
-            chaddr,
-            sname: [0; 64],
-            file: [0; 128],
-            options,
-        };
+        let msg = Message { secs: self.secs, flags: FLAG_BROADCAST, ..Message::request(self.xid, self.mac.0, options) };
         msg.encode(1500).0
     }
 
