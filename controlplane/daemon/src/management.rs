@@ -175,19 +175,7 @@ impl Management {
         if let Some(tftp) = &self.metrics.tftp {
             let mut last = "";
             for (name, label, value) in tftp.samples() {
-                if name != last {
-                    let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-                    let _ = writeln!(out, "# TYPE {name} {kind}");
-                    last = name;
-                }
-                match label {
-                    Some((key, val)) => {
-                        let _ = writeln!(out, "{name}{{{key}=\"{val}\"}} {value}");
-                    }
-                    None => {
-                        let _ = writeln!(out, "{name} {value}");
-                    }
-                }
+                write_sample(&mut out, &mut last, name, None, label, value);
             }
         }
         if let Some(dataplane) = &self.metrics.dataplane {
@@ -243,6 +231,30 @@ fn stats_key(name: &str, label: Option<(&str, &str)>) -> String {
 }
 
 /// Every worker's counters (label `worker="i"`) and the XDP program's verdicts.
+/// One Prometheus sample line, preceded by its `# TYPE` line when `name` starts a new family
+/// (`last` is the family written before; a `_total` name is a counter, any other a gauge).
+fn write_sample(
+    out: &mut String,
+    last: &mut &'static str,
+    name: &'static str,
+    worker: Option<usize>,
+    label: Option<(&str, &str)>,
+    value: u64,
+) {
+    if name != *last {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        *last = name;
+    }
+    let labels = match (worker, label) {
+        (Some(w), Some((key, val))) => format!("{{worker=\"{w}\",{key}=\"{val}\"}}"),
+        (Some(w), None) => format!("{{worker=\"{w}\"}}"),
+        (None, Some((key, val))) => format!("{{{key}=\"{val}\"}}"),
+        (None, None) => String::new(),
+    };
+    let _ = writeln!(out, "{name}{labels} {value}");
+}
+
 fn render_dataplane(out: &mut String, dataplane: &dialtone_xdp::StatsHandle) {
     let workers = dataplane.workers();
     let mut samples: Vec<(usize, dialtone_xdp::stats::Sample)> = Vec::new();
@@ -253,19 +265,7 @@ fn render_dataplane(out: &mut String, dataplane: &dialtone_xdp::StatsHandle) {
     samples.sort_by_key(|(_, sample)| sample.0);
     let mut last = "";
     for (worker, (name, label, value)) in samples {
-        if name != last {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            last = name;
-        }
-        match label {
-            Some((key, val)) => {
-                let _ = writeln!(out, "{name}{{worker=\"{worker}\",{key}=\"{val}\"}} {value}");
-            }
-            None => {
-                let _ = writeln!(out, "{name}{{worker=\"{worker}\"}} {value}");
-            }
-        }
+        write_sample(out, &mut last, name, Some(worker), label, value);
     }
     if let Some(v) = dataplane.xdp() {
         let _ = writeln!(out, "# TYPE dialtone_xdp_frames_total counter");
