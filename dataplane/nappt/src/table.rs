@@ -164,6 +164,60 @@ impl Divisor {
     }
 }
 
+/// Which class's pool holds an address, found by one table lookup on the address's prefix
+/// instead of a scan over the classes (pools are CIDR blocks that never overlap, so every
+/// block of the smallest pool's size lies in one pool or in none).
+#[derive(Debug, Clone)]
+pub(crate) struct PoolMap {
+    /// First address of the lowest pool.
+    base: u32,
+    /// log2 of the smallest pool's size.
+    shift: u32,
+    /// Class of each block from `base` on, [`PoolMap::NONE`] between pools.
+    slots: Vec<u16>,
+}
+
+impl PoolMap {
+    const NONE: u16 = u16::MAX;
+    /// Largest map built (128 KiB); wider or more fragmented plans use the scan.
+    const MAX_SLOTS: u64 = 1 << 16;
+
+    /// The map of `pools` (class `i` owns `pools[i]`), or `None` when it would exceed
+    /// [`PoolMap::MAX_SLOTS`] or there are more classes than a slot can name.
+    pub(crate) fn new(pools: &[(u32, u8)]) -> Option<Self> {
+        if pools.is_empty() || pools.len() >= usize::from(Self::NONE) {
+            return None;
+        }
+        let shift = pools.iter().map(|&(_, prefix)| 32 - u32::from(prefix.clamp(1, 32))).min()?;
+        let base = pools.iter().map(|&(network, _)| network).min()?;
+        let end = pools
+            .iter()
+            .map(|&(network, prefix)| u64::from(network) + (1u64 << (32 - u32::from(prefix.clamp(1, 32)))))
+            .max()?;
+        let count = (end - u64::from(base)) >> shift;
+        if count > Self::MAX_SLOTS {
+            return None;
+        }
+        let mut slots = vec![Self::NONE; usize::try_from(count).ok()?];
+        for (class, &(network, prefix)) in pools.iter().enumerate() {
+            let first = ((network - base) >> shift) as usize;
+            let blocks = 1usize << (32 - u32::from(prefix.clamp(1, 32)) - shift);
+            slots[first..first + blocks].fill(u16::try_from(class).ok()?);
+        }
+        Some(Self { base, shift, slots })
+    }
+
+    /// The class whose pool holds `addr`, if any.
+    #[inline(always)]
+    pub(crate) fn class(&self, addr: u32) -> Option<usize> {
+        let slot = (addr.wrapping_sub(self.base) >> self.shift) as usize;
+        match self.slots.get(slot) {
+            Some(&class) if class != Self::NONE => Some(usize::from(class)),
+            _ => None,
+        }
+    }
+}
+
 /// One class's table and its port-block arithmetic.
 #[derive(Debug, Clone)]
 pub struct ClassTable {
@@ -343,6 +397,28 @@ mod tests {
     use dialtone_config::portblock::PortBlockPlan;
     use proptest::prelude::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn pool_map_names_the_pool_of_every_address() {
+        // 10.0.0.0/13, 10.8.0.0/14, 10.16.0.0/16 (a gap at 10.12.0.0/14), 10.17.0.0/18.
+        let pools = [(0x0A00_0000, 13), (0x0A08_0000, 14), (0x0A10_0000, 16), (0x0A11_0000, 18)];
+        let map = PoolMap::new(&pools).expect("small enough for a map");
+        let owner =
+            |addr: u32| pools.iter().position(|&(network, prefix)| (addr ^ network) >> (32 - u32::from(prefix)) == 0);
+        for addr in (0x09FF_FF00u32..0x0A12_0100).step_by(251).chain([
+            0x0A00_0000,
+            0x0A07_FFFF,
+            0x0A0C_0000,
+            0x0A11_3FFF,
+            0x0A11_4000,
+            0,
+            u32::MAX,
+        ]) {
+            assert_eq!(map.class(addr), owner(addr), "{addr:#x}");
+        }
+        // A map wider than the limit is not built: a /8 pool next to a /30 one.
+        assert!(PoolMap::new(&[(0x0A00_0000, 8), (0x0B00_0000, 30)]).is_none());
+    }
 
     #[test]
     fn divisor_edges() {

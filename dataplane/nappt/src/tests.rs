@@ -454,6 +454,80 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The prefix maps find the same class, offset and public index as checking every class,
+    /// for addresses anywhere and at the edges of every pool.
+    #[test]
+    fn prefix_maps_agree_with_the_class_scan(anywhere in any::<u32>(), delta in 0u32..300) {
+        let (_, worker) = vector_worker(vectors());
+        let mut addrs = vec![anywhere];
+        for table in worker.classes() {
+            for edge in [table.lan_base, table.lan_base + table.phones, table.public_base, table.public_base + table.public_addresses] {
+                addrs.extend([edge.wrapping_add(delta), edge.wrapping_sub(delta)]);
+            }
+        }
+        for addr in addrs {
+            let [mapped, scanned] = worker.lookups_both_ways(addr);
+            prop_assert_eq!(mapped, scanned, "{:#x}", addr);
+        }
+    }
+
+    /// A batch (fast frames first, then the rest in order) gives every frame the verdict and
+    /// bytes the general path gives it frame by frame in arrival order, and the same counters,
+    /// across group boundaries.
+    #[test]
+    fn batches_agree_with_frame_by_frame_translation(
+        picks in proptest::collection::vec((0usize..67, any::<bool>(), proptest::option::of((0usize..60, any::<u8>()))), 1..140),
+    ) {
+        let doc = vectors();
+        let (_, worker) = vector_worker(doc);
+        let cases = doc["cases"].as_array().expect("cases");
+        let inputs: Vec<(Vec<u8>, Side)> = picks
+            .iter()
+            .map(|&(case, wan, flip)| {
+                let mut input = unhex(text(&cases[case % cases.len()], "input"));
+                if let Some((at, value)) = flip {
+                    let len = input.len();
+                    input[at % len] = value;
+                }
+                (input, if wan { Side::Wan } else { Side::Lan })
+            })
+            .collect();
+        let (mut batch_worker, mut single_worker) = (worker.clone(), worker);
+        let mut batch_buffers: Vec<Vec<u8>> = inputs.iter().map(|(input, _)| {
+            let mut buffer = input.clone();
+            buffer.resize(FRAME_CAPACITY, 0);
+            buffer
+        }).collect();
+        let mut single_buffers = batch_buffers.clone();
+        let mut frames: Vec<Frame<'_>> = batch_buffers
+            .iter_mut()
+            .zip(&inputs)
+            .map(|(buffer, (input, side))| Frame::new(buffer, input.len(), *side))
+            .collect();
+        let mut out = vec![Verdict::ToKernel; frames.len()];
+        batch_worker.translate(7, &mut frames, &mut out);
+        let batch_bytes: Vec<String> = frames.iter().map(|frame| hex(frame.bytes())).collect();
+        let mut verdicts = Vec::new();
+        for (i, (buffer, (input, side))) in single_buffers.iter_mut().zip(&inputs).enumerate() {
+            let mut frame = Frame::new(buffer, input.len(), *side);
+            let verdict = match side {
+                Side::Lan => single_worker.translate_lan_frame(7, &mut frame),
+                Side::Wan => single_worker.translate_wan_frame(7, &mut frame),
+            }
+            .unwrap_or_else(Verdict::Drop);
+            verdicts.push(verdict);
+            prop_assert_eq!(out[i], verdict, "frame {}", i);
+            prop_assert_eq!(&batch_bytes[i], &hex(frame.bytes()), "frame {}", i);
+        }
+        // The general path counts its side effects (time exceeded sent, echo remapped, …)
+        // itself; the batch also counts every verdict.
+        let mut expected = single_worker.counters();
+        verdicts.into_iter().for_each(|verdict| expected.count(verdict));
+        prop_assert_eq!(batch_worker.counters(), expected);
+    }
+}
+
 #[test]
 fn updates_out_of_range_are_refused() {
     let (_, mut worker) = property_worker(&[]);
