@@ -412,7 +412,7 @@ impl Nappt {
     /// `(lan_phone, public_class)` of `addr` as `(class, offset or index)`, by the prefix maps
     /// and by the scan, for tests.
     #[cfg(test)]
-    pub(crate) fn lookups_both_ways(&self, addr: u32) -> [(Option<(usize, u32)>, Option<(usize, u32)>); 2] {
+    pub(crate) fn lookups_both_ways(&self, addr: u32) -> [Lookups; 2] {
         let mut scan = self.clone();
         scan.lan_map = None;
         scan.public_map = None;
@@ -872,6 +872,10 @@ impl Nappt {
 /// IPv4 header without options plus the first 20 bytes of the transport header: what the fast
 /// paths read and write (a TCP checksum is at bytes 16..18 of its header).
 const FAST_L3_LEN: usize = 40;
+
+/// `(lan_phone, public_class)` of one address as `(class, offset or index)`, for tests.
+#[cfg(test)]
+pub(crate) type Lookups = (Option<(usize, u32)>, Option<(usize, u32)>);
 
 /// Where phase 1 of [`Nappt::fast_group`] found a frame's phone, packed in 8 bytes: the
 /// offset in bits 0-31, the class in bits 32-47, bit 48 for TCP (else UDP), bit 49 for a VLAN
