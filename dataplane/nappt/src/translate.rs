@@ -249,7 +249,17 @@ impl Nappt {
         while start < count {
             let end = count.min(start + LOOKAHEAD);
             let (group, verdicts) = (&mut frames[start..end], &mut out[start..end]);
-            let mut general = self.fast_group(group, verdicts);
+            // The AF_XDP engine hands over one interface's frames at a time: a group from one
+            // side goes through a copy of the fast path compiled for that side alone.
+            let mut general = match group.first().map(|frame| frame.side) {
+                Some(Side::Lan) if group.iter().all(|frame| frame.side == Side::Lan) => {
+                    self.fast_group::<FROM_LAN>(group, verdicts)
+                }
+                Some(Side::Wan) if group.iter().all(|frame| frame.side == Side::Wan) => {
+                    self.fast_group::<FROM_WAN>(group, verdicts)
+                }
+                _ => self.fast_group::<FROM_EITHER>(group, verdicts),
+            };
             while general != 0 {
                 let i = general.trailing_zeros() as usize;
                 general &= general - 1;
@@ -280,14 +290,17 @@ impl Nappt {
     ///
     /// Nothing here writes the worker's state but two counters, and no frame is written
     /// unless the fast path takes it all the way.
+    ///
+    /// `FROM` is [`FROM_LAN`] or [`FROM_WAN`] when every frame of the group comes from that
+    /// side, else [`FROM_EITHER`].
     #[inline(never)]
-    fn fast_group(&mut self, frames: &mut [Frame<'_>], out: &mut [Verdict]) -> u64 {
+    fn fast_group<const FROM: u8>(&mut self, frames: &mut [Frame<'_>], out: &mut [Verdict]) -> u64 {
         let n = frames.len().min(out.len()).min(LOOKAHEAD);
         let (frames, out) = (&mut frames[..n], &mut out[..n]);
         let all = if n == LOOKAHEAD { u64::MAX } else { (1u64 << n) - 1 };
         let mut located = [Located::NONE; LOOKAHEAD];
         for (frame, slot) in frames.iter().zip(located.iter_mut()) {
-            *slot = match frame.side {
+            *slot = match side_of::<FROM>(frame) {
                 Side::Lan => self.locate_outbound(frame),
                 Side::Wan => self.locate_inbound(frame),
             };
@@ -311,7 +324,7 @@ impl Nappt {
             if !at.is_located() {
                 continue;
             }
-            let (fast, lan) = match frame.side {
+            let (fast, lan) = match side_of::<FROM>(frame) {
                 Side::Lan => (to_wan_macs.and_then(|macs| self.apply_outbound(frame, at, macs)), true),
                 Side::Wan => (lan_mac.and_then(|mac| self.apply_inbound(frame, at, mac)), false),
             };
@@ -872,6 +885,23 @@ impl Nappt {
 /// IPv4 header without options plus the first 20 bytes of the transport header: what the fast
 /// paths read and write (a TCP checksum is at bytes 16..18 of its header).
 const FAST_L3_LEN: usize = 40;
+
+/// [`Nappt::fast_group`] for groups whose frames all come from the LAN.
+const FROM_LAN: u8 = 1;
+/// [`Nappt::fast_group`] for groups whose frames all come from the WAN.
+const FROM_WAN: u8 = 2;
+/// [`Nappt::fast_group`] for groups with frames from both sides.
+const FROM_EITHER: u8 = 0;
+
+/// The side of a frame of a group compiled for `FROM`.
+#[inline(always)]
+fn side_of<const FROM: u8>(frame: &Frame<'_>) -> Side {
+    match FROM {
+        FROM_LAN => Side::Lan,
+        FROM_WAN => Side::Wan,
+        _ => frame.side,
+    }
+}
 
 /// `(lan_phone, public_class)` of one address as `(class, offset or index)`, for tests.
 #[cfg(test)]
