@@ -525,7 +525,7 @@ impl Nappt {
             return Some(Phone { class, offset });
         }
         let mut found = (usize::MAX, 0u32);
-        for (class, table) in self.classes.iter().enumerate().rev() {
+        for (class, table) in self.classes.iter().take(CLASS_LIMIT).enumerate().rev() {
             let offset = addr.wrapping_sub(table.lan_base);
             found = if offset < table.phones { (class, offset) } else { found };
         }
@@ -546,7 +546,7 @@ impl Nappt {
             return Some((class, index));
         }
         let mut found = (usize::MAX, 0u32);
-        for (class, table) in self.classes.iter().enumerate().rev() {
+        for (class, table) in self.classes.iter().take(CLASS_LIMIT).enumerate().rev() {
             let index = addr.wrapping_sub(table.public_base);
             found = if index < table.public_addresses { (class, index) } else { found };
         }
@@ -886,6 +886,10 @@ impl Nappt {
 /// paths read and write (a TCP checksum is at bytes 16..18 of its header).
 const FAST_L3_LEN: usize = 40;
 
+/// Classes the lookups consider: a class is named in 16 bits (by [`Update`]s and in the fast
+/// path's [`Located`]), so a phone of a class past these could never be leased.
+const CLASS_LIMIT: usize = 1 << 16;
+
 /// [`Nappt::fast_group`] for groups whose frames all come from the LAN.
 const FROM_LAN: u8 = 1;
 /// [`Nappt::fast_group`] for groups whose frames all come from the WAN.
@@ -920,6 +924,7 @@ impl Located {
     const TAGGED: u64 = 1 << 49;
     const FOUND: u64 = 1 << 63;
 
+    /// `class` fits in 16 bits: lookups never name a class past [`CLASS_LIMIT`].
     #[inline(always)]
     fn new(class: usize, offset: u32, tagged: bool, tcp: bool) -> Self {
         Located(
