@@ -2,14 +2,16 @@
 //! 18-22): phones leased from dialtone's DHCP send from their blocks and arrive behind the WAN with
 //! their public address and the same port; the far end sends to their public address and port and
 //! the frames arrive on the LAN at the phone's private address, same port; frames from ports
-//! outside the blocks never leave the gateway.
+//! outside the blocks never leave the gateway. Once with the XDP program attached as the
+//! interfaces allow (native on veth), once forced into the generic (SKB) path, the fallback on
+//! drivers without native XDP.
 
 mod common;
 
 use std::time::Duration;
 
 use common::traffic::{
-    drop_test_frames_at_far_end, lease_phones, send_from_phones, send_to_phones, write_bench_config, Receiving,
+    drop_test_frames_at_far_end, lease_phones, send_from_phones, send_to_phones, write_bench_config_xdp, Receiving,
 };
 use common::{Gateway, Lab, Scratch};
 use dialtone_traffic::check::Direction;
@@ -24,11 +26,25 @@ fn plan() -> SendPlan {
 
 #[test]
 fn both_directions_translate_and_outside_ports_are_dropped() {
-    let lab = Lab::up("dt");
-    let scratch = Scratch::new("dptraffic");
-    let (config_path, config) = write_bench_config(&scratch.0, true);
+    both_directions("dt", "auto", "native");
+}
+
+#[test]
+fn generic_xdp_translates_both_directions_too() {
+    both_directions("dg", "generic", "generic");
+}
+
+/// The whole check with `dataplane.xdp_mode = xdp_mode`; the program must be attached in
+/// `attached` mode.
+fn both_directions(tag: &str, xdp_mode: &str, attached: &str) {
+    let lab = Lab::up(tag);
+    let scratch = Scratch::new(&format!("dptraffic-{xdp_mode}"));
+    let (config_path, config) = write_bench_config_xdp(&scratch.0, xdp_mode);
     let mut gateway = Gateway::start(&lab, &config_path, scratch.0.join("gateway.log"));
     gateway.wait_for_log("dataplane started", Duration::from_secs(30));
+    let log = gateway.log_text();
+    let attach = log.lines().find(|line| line.contains("xdp program attached")).unwrap_or_default();
+    assert!(attach.contains(attached), "wanted the program attached in {attached} mode:\n{log}");
     drop_test_frames_at_far_end(&lab);
     let (leases, counters) = lease_phones(&lab, &config, PHONES, 1);
     assert!(leases.iter().all(Option::is_some), "{counters:?}");

@@ -73,8 +73,20 @@ tftp_root = "{dir}"
 
 /// Writes the benchmark configuration to `dir/dialtone.toml` and loads it.
 pub fn write_bench_config(dir: &Path, dataplane: bool) -> (std::path::PathBuf, Config) {
+    write_config(dir, bench_config_text(dir, dataplane))
+}
+
+/// As [`write_bench_config`] with the dataplane on and `dataplane.xdp_mode = xdp_mode`.
+pub fn write_bench_config_xdp(dir: &Path, xdp_mode: &str) -> (std::path::PathBuf, Config) {
+    let text =
+        bench_config_text(dir, true).replace("cpus = [1]\n", &format!("cpus = [1]\nxdp_mode = \"{xdp_mode}\"\n"));
+    assert!(text.contains("xdp_mode"), "the dataplane section moved");
+    write_config(dir, text)
+}
+
+fn write_config(dir: &Path, text: String) -> (std::path::PathBuf, Config) {
     let path = dir.join("dialtone.toml");
-    std::fs::write(&path, bench_config_text(dir, dataplane)).expect("write config");
+    std::fs::write(&path, text).expect("write config");
     let config = dialtone_config::load(&path, CpuPolicy::Ignore).expect("valid configuration").config;
     (path, config)
 }
