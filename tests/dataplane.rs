@@ -371,3 +371,39 @@ fn phones_reach_the_far_network_translated_and_the_kernel_keeps_its_traffic() {
         assert!(out.status.success() && !shown.contains("xdp"), "{interface} still has XDP: {shown}");
     }
 }
+
+/// A MAC set on the WAN interface while the gateway runs becomes the source of the frames the
+/// workers send there, within the neighbour refresh (the lab's is 1 s).
+#[test]
+fn a_new_wan_mac_is_the_source_of_translated_frames() {
+    let mut f = Fixture::new("xm");
+    let phones = f.lab.ns("phones");
+    let (gw, net) = (f.lab.ns("gw"), f.lab.ns("net"));
+    let (a, block) = f.lease(&phones, "eth0", PHONE_A, "phone-m");
+    const NEW_MAC: &str = "02:00:00:00:99:01";
+    let out = common::run(f.in_ns(&gw, "ip").args(["link", "set", "wan0", "address", NEW_MAC]));
+    assert!(out.status.success(), "{}", text(&out));
+    f.gw.as_mut().expect("gateway").wait_for_log("interface MAC changed", Duration::from_secs(10));
+
+    // The far end captures the next frame for the test port, link-layer header included.
+    let capture = f.path("capture.txt");
+    let mut tcpdump = Background(
+        f.in_ns(&net, "tcpdump")
+            .args(["-i", "eth0", "-e", "-n", "-l", "-c", "1", "udp", "and", "dst", "port", "7009"])
+            .stdout(std::fs::File::create(&capture).expect("capture file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump"),
+    );
+    let start = Instant::now();
+    loop {
+        let _ = f.udp(&phones, a, block.port_lo + 5, FAR, 7009);
+        if std::fs::read_to_string(&capture).is_ok_and(|c| !c.is_empty()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "no frame reached the far end");
+    }
+    let _ = tcpdump.0.wait();
+    let seen = std::fs::read_to_string(&capture).expect("capture");
+    assert!(seen.starts_with(&format!("{NEW_MAC} >")) || seen.contains(&format!(" {NEW_MAC} >")), "{seen}");
+}

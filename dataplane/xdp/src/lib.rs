@@ -40,7 +40,7 @@ pub use stats::{EngineDrop, StatsSnapshot, WorkerStats};
 pub use worker::{Binding, Mode};
 
 use control::Waker;
-use neighbour::{NeighbourWatch, Role, Target};
+use neighbour::{NeighbourWatch, OwnInterfaces, Role, Target};
 use netdev::Interface;
 use program::XdpProgram;
 use worker::{Worker, WorkerParts};
@@ -246,8 +246,9 @@ impl Dataplane {
         if let (Mode::Forward, Some(peer)) = (mode, lan_peer) {
             targets.push(Target { address: peer, ifindex: lan.ifindex, role: Role::LanPeer });
         }
+        let own = OwnInterfaces { lan: (lan.name.clone(), lan.mac), wan: (wan.name.clone(), wan.mac) };
         dataplane.neighbour =
-            Some(NeighbourWatch::spawn(targets, config.dataplane.neighbour_refresh, dataplane.control.clone())?);
+            Some(NeighbourWatch::spawn(targets, own, config.dataplane.neighbour_refresh, dataplane.control.clone())?);
         dataplane.stats = Some(StatsHandle {
             workers: Arc::new(stats),
             program: Arc::clone(&dataplane.program),

@@ -242,7 +242,32 @@ fn message(role: Role, mac: Option<MacAddr>) -> Control {
     }
 }
 
-/// The thread that keeps the workers' next-hop MACs current.
+/// The gateway's own interfaces, whose MACs the workers put in every frame they send.
+#[derive(Debug, Clone)]
+pub struct OwnInterfaces {
+    /// LAN interface name and the MAC the workers were given.
+    pub lan: (String, MacAddr),
+    /// WAN interface name and the MAC the workers were given.
+    pub wan: (String, MacAddr),
+}
+
+impl OwnInterfaces {
+    /// Reads both MACs again; when either changed (an operator set a new one, a bond failed
+    /// over), returns the update that gives the workers both, and remembers them.
+    fn changed(&mut self) -> Option<Update> {
+        let lan = crate::netdev::current_mac(&self.lan.0)?;
+        let wan = crate::netdev::current_mac(&self.wan.0)?;
+        if (lan, wan) == (self.lan.1, self.wan.1) {
+            return None;
+        }
+        tracing::info!(lan = %lan, wan = %wan, "interface MAC changed");
+        self.lan.1 = lan;
+        self.wan.1 = wan;
+        Some(Update::InterfaceMacs { lan, wan })
+    }
+}
+
+/// The thread that keeps the workers' next-hop MACs, and the gateway's own, current.
 #[derive(Debug)]
 pub struct NeighbourWatch {
     stop: Arc<AtomicBool>,
@@ -250,14 +275,19 @@ pub struct NeighbourWatch {
 }
 
 impl NeighbourWatch {
-    /// Starts watching `targets`, refreshing every `refresh`.
-    pub fn spawn(targets: Vec<Target>, refresh: Duration, workers: Broadcast) -> Result<Self, Error> {
+    /// Starts watching `targets` and `own`, refreshing every `refresh`.
+    pub fn spawn(
+        targets: Vec<Target>,
+        own: OwnInterfaces,
+        refresh: Duration,
+        workers: Broadcast,
+    ) -> Result<Self, Error> {
         let mut table = NeighbourTable::open()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("dataplane-neighbour".into())
-            .spawn(move || watch(&mut table, &targets, refresh, &workers, &flag))
+            .spawn(move || watch(&mut table, &targets, own, refresh, &workers, &flag))
             .map_err(|e| Error::Io("spawning the neighbour thread".into(), e))?;
         Ok(Self { stop, thread: Some(thread) })
     }
@@ -278,11 +308,21 @@ impl Drop for NeighbourWatch {
     }
 }
 
-fn watch(table: &mut NeighbourTable, targets: &[Target], refresh: Duration, workers: &Broadcast, stop: &AtomicBool) {
+fn watch(
+    table: &mut NeighbourTable,
+    targets: &[Target],
+    mut own: OwnInterfaces,
+    refresh: Duration,
+    workers: &Broadcast,
+    stop: &AtomicBool,
+) {
     let mut known: Vec<Option<MacAddr>> = vec![None; targets.len()];
     let probe = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).ok();
     let mut warned = false;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(update) = own.changed() {
+            workers.send(Control::Nappt(update));
+        }
         let entries = match table.dump() {
             Ok(entries) => {
                 warned = false;

@@ -41,6 +41,11 @@ impl Interface {
     }
 }
 
+/// The current MAC of interface `name` (as [`Interface::lookup`] reads it), if readable.
+pub fn current_mac(name: &str) -> Option<MacAddr> {
+    std::fs::read_to_string(PathBuf::from("/sys/class/net").join(name).join("address")).ok()?.trim().parse().ok()
+}
+
 /// The queues worker `worker` of `workers` owns on an interface with `queues` receive queues:
 /// `worker`, `worker + workers`, `worker + 2 * workers`, ... — so every queue has exactly one
 /// owner whatever the queue and worker counts, and a frame's queue (chosen by the sender's hash
