@@ -6,8 +6,12 @@
 //! `max_writes` writes are collected, applies them all in one [`Store::apply`] (one fsync), and only
 //! then runs every callback with the result. A DHCP shell sends its ACK from the callback, so the
 //! ACK never precedes the durability of the lease it announces, and a burst of ACKs costs one fsync.
+//!
+//! While it gathers, the thread sleeps out the wait once and then takes everything queued, rather
+//! than blocking on the queue: a submitter then never has to wake it (no futex call, no context
+//! switch per submission), and a group costs the thread one wake-up however many batches it holds.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -129,18 +133,20 @@ fn run(
         let deadline = Instant::now() + max_wait;
         let mut writes = first.writes;
         let mut waiters = vec![first.done];
+        let mut slept = false;
         while writes.len() < max_writes {
             let next = match rx.try_recv() {
                 Ok(job) => job,
-                Err(_) => {
+                // Stopping: commit what was gathered.
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    if slept || left.is_zero() {
                         break;
                     }
-                    match rx.recv_timeout(left) {
-                        Ok(job) => job,
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
+                    std::thread::sleep(left);
+                    slept = true;
+                    continue;
                 }
             };
             writes.extend(next.writes);
