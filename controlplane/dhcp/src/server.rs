@@ -6,10 +6,10 @@
 //! (OFFER, NAK, INFORM ACK) go out at the end of the wake-up, together
 //! ([`Transport::send_batch`]: one `sendmmsg(2)` on a UDP socket). Replies whose lease must be
 //! durable (ACK) are handed with their writes, one batch per wake-up, to the [`GroupCommitter`];
-//! its thread publishes the lease events and sends them, again as one batch, only once the commit
-//! that carried them returned — so many ACKs share one fsync and one system call, and none
-//! precedes its lease (claims 001: 10, 25, 40). The same thread runs the expiry sweep every
-//! `sweep_every`.
+//! its thread publishes the lease events and sends the replies of every batch of a group commit
+//! together, only once that commit returned — so many ACKs share one fsync, one lease-sink call
+//! and one send, and none precedes its lease (claims 001: 10, 25, 40). The same thread runs the
+//! expiry sweep every `sweep_every`.
 //!
 //! If a commit fails, its replies are withheld (the clients retry) and an error is logged; the
 //! engine's memory already holds the lease, so the retry is answered as a renewal and re-writes
@@ -18,11 +18,11 @@
 use std::io;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dialtone_store::{GroupCommitter, UnixSecs};
+use dialtone_store::{GroupCommitter, GroupDone, UnixSecs};
 
 use crate::engine::{Counters, Effect, Engine, LeaseEvent, Output, Reply};
 
@@ -143,8 +143,9 @@ impl Transport for UdpTransport {
 /// thread wake-up), instead of one per datagram.
 const DRAIN: usize = 64;
 
-/// Receives lease events (the dataplane's channel, metrics); called after durability.
-pub type LeaseSink = Arc<dyn Fn(LeaseEvent) + Send + Sync>;
+/// Receives lease events (the dataplane's channel, metrics); called after durability, once per
+/// reply set with all of its events, in order.
+pub type LeaseSink = Arc<dyn Fn(&[LeaseEvent]) + Send + Sync>;
 /// The clock, in seconds since the UNIX epoch (injected so tests run in virtual time).
 pub type Clock = Arc<dyn Fn() -> UnixSecs + Send + Sync>;
 
@@ -174,6 +175,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Mutex::new(engine.counters().clone()));
         let (thread_stop, thread_counters) = (Arc::clone(&stop), Arc::clone(&counters));
+        let durable_out = Durable::new(&transport, &leases);
         let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
             let mut buf = vec![0u8; 65_536];
             let mut next_sweep = Instant::now() + sweep_every;
@@ -185,12 +187,12 @@ impl Server {
                 let now = clock();
                 match received {
                     Ok(Some(first)) => {
-                        let mut durable = Output::default();
+                        let mut batch = Output::default();
                         let mut next = Some(first);
                         let mut handled = 0;
                         while let Some(n) = next {
                             engine.handle_into(now, buf.get(..n).unwrap_or(&[]), &mut one);
-                            sort(&mut one, &mut at_once, &mut durable);
+                            sort(&mut one, &mut at_once, &mut batch);
                             handled += 1;
                             if handled == DRAIN {
                                 break;
@@ -205,14 +207,14 @@ impl Server {
                         }
                         deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
                         at_once.replies.clear();
-                        dispatch(durable, &transport, &committer, &leases);
+                        durable_out.dispatch(batch, &committer);
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "dhcp: receive failed"),
                 }
                 if Instant::now() >= next_sweep {
                     next_sweep = Instant::now() + sweep_every;
-                    dispatch(engine.sweep(now), &transport, &committer, &leases);
+                    durable_out.dispatch(engine.sweep(now), &committer);
                 }
                 if let Ok(mut c) = thread_counters.lock() {
                     c.clone_from(engine.counters());
@@ -303,10 +305,15 @@ impl Drop for HistoryPruner {
 }
 
 fn publish(leases: &LeaseSink, effects: impl IntoIterator<Item = Effect>) {
-    for effect in effects {
-        if let Effect::Lease(event) = effect {
-            leases(event);
-        }
+    let events: Vec<LeaseEvent> = effects
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Lease(event) => Some(event),
+            _ => None,
+        })
+        .collect();
+    if !events.is_empty() {
+        leases(&events);
     }
 }
 
@@ -335,23 +342,60 @@ fn sort(one: &mut Output, at_once: &mut Output, durable: &mut Output) {
     to.writes.append(&mut one.writes);
 }
 
-/// Delivers at once what needs no write; otherwise after the commit carrying the writes.
-fn dispatch<T: Transport>(out: Output, transport: &Arc<T>, committer: &GroupCommitter, leases: &LeaseSink) {
-    let Output { replies, effects, writes } = out;
-    if writes.is_empty() {
-        deliver(&**transport, leases, &replies, effects);
-        return;
+/// Replies and events waiting for the end of the group commit that made them durable.
+#[derive(Default)]
+struct Ready {
+    replies: Vec<Reply>,
+    effects: Vec<Effect>,
+}
+
+/// The committed side of the server: each batch's completion (on the committer thread) only
+/// moves its replies and events to [`Ready`]; once every completion of the group has run, the
+/// group's [`GroupDone`] delivers them all: one call of the lease sink (so one wake-up of each
+/// dataplane worker) and one [`Transport::send_batch`] per group commit, not per batch.
+struct Durable<T> {
+    ready: Arc<Mutex<Ready>>,
+    deliver_group: GroupDone,
+    transport: Arc<T>,
+    leases: LeaseSink,
+}
+
+impl<T: Transport> Durable<T> {
+    fn new(transport: &Arc<T>, leases: &LeaseSink) -> Self {
+        let ready = Arc::new(Mutex::new(Ready::default()));
+        let (group_ready, group_transport, group_leases) =
+            (Arc::clone(&ready), Arc::clone(transport), Arc::clone(leases));
+        let deliver_group: GroupDone = Arc::new(move || {
+            let Ready { replies, effects } =
+                std::mem::take(&mut *group_ready.lock().unwrap_or_else(PoisonError::into_inner));
+            deliver(&*group_transport, &group_leases, &replies, effects);
+        });
+        Self { ready, deliver_group, transport: Arc::clone(transport), leases: Arc::clone(leases) }
     }
-    let (transport, leases) = (Arc::clone(transport), Arc::clone(leases));
-    committer.submit(
-        writes,
-        Box::new(move |result| match result {
-            Ok(()) => deliver(&*transport, &leases, &replies, effects),
-            Err(e) => {
-                tracing::error!(error = %e, withheld = replies.len(), "dhcp: lease not durable, replies withheld");
-            }
-        }),
-    );
+
+    /// Delivers at once what needs no write; otherwise after the commit carrying the writes.
+    fn dispatch(&self, out: Output, committer: &GroupCommitter) {
+        let Output { replies, effects, writes } = out;
+        if writes.is_empty() {
+            deliver(&*self.transport, &self.leases, &replies, effects);
+            return;
+        }
+        let ready = Arc::clone(&self.ready);
+        committer.submit_then(
+            writes,
+            Box::new(move |result| match result {
+                Ok(()) => {
+                    let mut ready = ready.lock().unwrap_or_else(PoisonError::into_inner);
+                    ready.replies.extend(replies);
+                    ready.effects.extend(effects);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, withheld = replies.len(), "dhcp: lease not durable, replies withheld");
+                }
+            }),
+            &self.deliver_group,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -447,8 +491,10 @@ mod tests {
         );
         let (events_tx, events_rx) = mpsc::channel();
         let events_tx = Mutex::new(events_tx);
-        let sink: LeaseSink = Arc::new(move |e| {
-            let _ = events_tx.lock().unwrap().send(e);
+        let sink: LeaseSink = Arc::new(move |events: &[LeaseEvent]| {
+            for e in events {
+                let _ = events_tx.lock().unwrap().send(e.clone());
+            }
         });
         let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
         let server = Server::spawn(
@@ -514,7 +560,7 @@ mod tests {
             engine,
             fake.clone(),
             Arc::clone(&committer),
-            Arc::new(|_| {}),
+            Arc::new(|_: &[LeaseEvent]| {}),
             Arc::new(|| 1000),
             Duration::from_secs(3600),
         )
