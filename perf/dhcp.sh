@@ -6,7 +6,8 @@
 #
 # Both servers: the same vendor-class rule (option 60 == "dialtone-phone" -> class softphone),
 # the same pool (100.66.0.0/15, 131,072 addresses), relayed traffic (perfdhcp -l, giaddr
-# 100.64.0.2), pinned to CPU 1; perfdhcp pinned to CPU 0. 100,000 distinct clients (-R).
+# 100.64.0.2), pinned to CPU 1 (dialtone's dataplane worker too, which pins itself); perfdhcp
+# pinned to CPU 0. 100,000 distinct clients (-R).
 #
 # Usage: perf/dhcp.sh [--prefix P] [--period SECONDS] [--runs N] [--rates "R1 R2 ..."]
 # Needs root, scripts/setup.sh's packages (kea-admin for perfdhcp, kea-dhcp4-server), cargo.
@@ -78,6 +79,11 @@ enabled = false
 [management]
 listen = "127.0.0.1:9000"
 token = "perf-management-token"
+
+# The dataplane worker pins itself to dataplane.cpus (default [0]), outside taskset's mask:
+# keep it on the server's CPU so that the whole server runs on CPU 1 and perfdhcp has CPU 0.
+[dataplane]
+cpus = [1]
 
 [[class]]
 name = "softphone"

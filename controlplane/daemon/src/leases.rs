@@ -130,13 +130,26 @@ impl ClientDirectory for LeaseTable {
     }
 }
 
-/// A subscriber to lease changes.
-pub type LeaseSubscriber = Box<dyn Fn(&LeaseEvent) + Send + Sync>;
+/// A subscriber to lease changes: [`event`](Self::event) for each change of a burst (the
+/// events of one commit), in order, then [`flush`](Self::flush) once. A closure over one event
+/// is a subscriber that needs no flush.
+pub trait LeaseSubscriber: Send + Sync {
+    /// One change.
+    fn event(&self, event: &LeaseEvent);
+    /// The burst is over (a subscriber that defers work, such as waking a worker, does it now).
+    fn flush(&self) {}
+}
+
+impl<F: Fn(&LeaseEvent) + Send + Sync> LeaseSubscriber for F {
+    fn event(&self, event: &LeaseEvent) {
+        self(event);
+    }
+}
 
 /// The one place DHCP lease events fan out from: the lease table, then each subscriber.
 pub struct LeaseFanout {
     table: Arc<LeaseTable>,
-    subscribers: Vec<LeaseSubscriber>,
+    subscribers: Vec<Box<dyn LeaseSubscriber>>,
 }
 
 impl std::fmt::Debug for LeaseFanout {
@@ -152,30 +165,38 @@ impl LeaseFanout {
     }
 
     /// Adds a subscriber, called after the table is updated. Add all before [`Self::sink`].
-    pub fn subscribe(&mut self, subscriber: LeaseSubscriber) {
+    pub fn subscribe(&mut self, subscriber: Box<dyn LeaseSubscriber>) {
         self.subscribers.push(subscriber);
     }
 
-    /// Delivers one event.
-    pub fn publish(&self, event: &LeaseEvent) {
-        self.table.apply(event);
+    /// Delivers a burst of events: each to the table, then to every subscriber, in order; then
+    /// flushes the subscribers.
+    pub fn publish(&self, events: &[LeaseEvent]) {
+        for event in events {
+            self.table.apply(event);
+            for subscriber in &self.subscribers {
+                subscriber.event(event);
+            }
+        }
         for subscriber in &self.subscribers {
-            subscriber(event);
+            subscriber.flush();
         }
     }
 
-    /// The DHCP server's sink: logs each change and publishes it.
+    /// The DHCP server's sink: logs each change and publishes the burst.
     pub fn sink(self) -> dialtone_dhcp::server::LeaseSink {
-        Arc::new(move |event: LeaseEvent| {
-            tracing::info!(
-                change = ?event.change,
-                mac = %event.mac,
-                address = %event.address,
-                public = %event.block.public_ip,
-                ports = %format!("{}-{}", event.block.port_lo, event.block.port_hi),
-                "lease"
-            );
-            self.publish(&event);
+        Arc::new(move |events: &[LeaseEvent]| {
+            for event in events {
+                tracing::info!(
+                    change = ?event.change,
+                    mac = %event.mac,
+                    address = %event.address,
+                    public = %event.block.public_ip,
+                    ports = %format!("{}-{}", event.block.port_lo, event.block.port_hi),
+                    "lease"
+                );
+            }
+            self.publish(events);
         })
     }
 }
@@ -215,23 +236,58 @@ mod tests {
         let seen = Arc::new(AtomicUsize::new(0));
         let mut fanout = LeaseFanout::new(Arc::clone(&table));
         let counter = Arc::clone(&seen);
-        fanout.subscribe(Box::new(move |_| {
+        fanout.subscribe(Box::new(move |_: &LeaseEvent| {
             counter.fetch_add(1, Ordering::Relaxed);
         }));
         let sink = fanout.sink();
         let granted = event(&config, LeaseChange::Granted, 5, MAC);
-        sink(granted.clone());
+        sink(std::slice::from_ref(&granted));
         let info = table.lookup(granted.address).expect("leased");
         assert_eq!((info.class, info.mac, info.port_block), (0, MAC, granted.block));
         // Another MAC's release of the same address does not remove the holder's lease.
-        sink(event(&config, LeaseChange::Released, 5, MacAddr([2, 0, 0, 0, 0, 1])));
+        sink(&[event(&config, LeaseChange::Released, 5, MacAddr([2, 0, 0, 0, 0, 1]))]);
         assert!(table.get(granted.address).is_some());
-        sink(event(&config, LeaseChange::Expired, 5, MAC));
+        sink(&[event(&config, LeaseChange::Expired, 5, MAC)]);
         assert!(table.get(granted.address).is_none());
-        sink(event(&config, LeaseChange::Renewed, 6, MAC));
-        sink(event(&config, LeaseChange::Declined, 6, MAC));
+        sink(&[event(&config, LeaseChange::Renewed, 6, MAC), event(&config, LeaseChange::Declined, 6, MAC)]);
         assert!(table.is_empty());
         assert_eq!(seen.load(Ordering::Relaxed), 5);
+    }
+
+    /// Records the events and flushes it is given, in order.
+    #[derive(Default)]
+    struct Recorder {
+        log: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl LeaseSubscriber for Arc<Recorder> {
+        fn event(&self, event: &LeaseEvent) {
+            self.log.lock().expect("log").push(format!("{:?} {}", event.change, event.offset));
+        }
+        fn flush(&self) {
+            self.log.lock().expect("log").push("flush".into());
+        }
+    }
+
+    #[test]
+    fn a_burst_reaches_subscribers_in_order_then_one_flush() {
+        let config = config();
+        let table = Arc::new(LeaseTable::new(None));
+        let recorder = Arc::new(Recorder::default());
+        let mut fanout = LeaseFanout::new(Arc::clone(&table));
+        fanout.subscribe(Box::new(Arc::clone(&recorder)));
+        let sink = fanout.sink();
+        sink(&[
+            event(&config, LeaseChange::Granted, 7, MAC),
+            event(&config, LeaseChange::Granted, 8, MacAddr([2, 0, 0, 0, 0, 2])),
+            event(&config, LeaseChange::Released, 7, MAC),
+        ]);
+        sink(&[event(&config, LeaseChange::Renewed, 8, MacAddr([2, 0, 0, 0, 0, 2]))]);
+        assert_eq!(
+            *recorder.log.lock().expect("log"),
+            ["Granted 7", "Granted 8", "Released 7", "flush", "Renewed 8", "flush"]
+        );
+        assert_eq!(table.len(), 1, "the table applied every event of the burst");
     }
 
     #[test]

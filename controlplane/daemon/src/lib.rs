@@ -190,7 +190,7 @@ impl Gateway {
             if let Some(dataplane) = &gateway.dataplane {
                 let control = dataplane.control();
                 let table = Arc::clone(&gateway.leases);
-                fanout.subscribe(Box::new(move |event: &LeaseEvent| push_lease(&control, &table, event)));
+                fanout.subscribe(Box::new(DataplaneLeases { control, table }));
             }
             let leases = fanout.sink();
             let server = dialtone_dhcp::server::Server::spawn(
@@ -317,20 +317,36 @@ impl Gateway {
     }
 }
 
-/// Turns one lease event into the dataplane update every worker gets. Runs on the DHCP thread
+/// The dataplane's subscription to lease changes: each event becomes the update every worker
+/// gets, queued without waking the workers; the end of the burst wakes them once (a commit's
+/// worth of ACKs is one wake-up per worker, not one per lease). Runs on the committing thread
 /// after the lease table has applied the event; waits at most `FULL_RING_WAIT` per worker when a
 /// control ring is full (see `dialtone_xdp::control`).
-fn push_lease(control: &Broadcast, table: &LeaseTable, event: &LeaseEvent) {
-    let Ok(class) = u16::try_from(event.class) else { return };
-    let update = match event.change {
-        LeaseChange::Granted | LeaseChange::Renewed => Update::LeaseUp { class, offset: event.offset, mac: event.mac },
-        LeaseChange::Released | LeaseChange::Expired | LeaseChange::Declined => match table.get(event.address) {
-            // A late end of an earlier holder's lease: the current holder keeps its entry.
-            Some(current) if current.mac != event.mac => return,
-            _ => Update::LeaseDown { class, offset: event.offset },
-        },
-    };
-    control.update(update);
+struct DataplaneLeases {
+    control: Broadcast,
+    table: Arc<LeaseTable>,
+}
+
+impl LeaseSubscriber for DataplaneLeases {
+    fn event(&self, event: &LeaseEvent) {
+        let Ok(class) = u16::try_from(event.class) else { return };
+        let update = match event.change {
+            LeaseChange::Granted | LeaseChange::Renewed => {
+                Update::LeaseUp { class, offset: event.offset, mac: event.mac }
+            }
+            LeaseChange::Released | LeaseChange::Expired | LeaseChange::Declined => match self.table.get(event.address)
+            {
+                // A late end of an earlier holder's lease: the current holder keeps its entry.
+                Some(current) if current.mac != event.mac => return,
+                _ => Update::LeaseDown { class, offset: event.offset },
+            },
+        };
+        self.control.push_update(update);
+    }
+
+    fn flush(&self) {
+        self.control.wake_parked();
+    }
 }
 
 /// Starts the TFTP server on `tftp.listen`. A class whose root is missing is logged and serves

@@ -56,15 +56,35 @@ pub mod vendor_suboption {
 }
 
 /// The option-43 payload for `block` (see [`vendor_suboption`]).
-pub fn vendor_port_payload(block: &PortBlock) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16);
-    out.extend_from_slice(&[vendor_suboption::PUBLIC_IP, 4]);
-    out.extend_from_slice(&block.public_ip.octets());
-    out.extend_from_slice(&[vendor_suboption::FIRST_PORT, 2]);
-    out.extend_from_slice(&block.port_lo.to_be_bytes());
-    out.extend_from_slice(&[vendor_suboption::LAST_PORT, 2]);
-    out.extend_from_slice(&block.port_hi.to_be_bytes());
-    out
+pub fn vendor_port_payload(block: &PortBlock) -> [u8; 14] {
+    let [a, b, c, d] = block.public_ip.octets();
+    let [lo_hi, lo_lo] = block.port_lo.to_be_bytes();
+    let [hi_hi, hi_lo] = block.port_hi.to_be_bytes();
+    [
+        vendor_suboption::PUBLIC_IP,
+        4,
+        a,
+        b,
+        c,
+        d,
+        vendor_suboption::FIRST_PORT,
+        2,
+        lo_hi,
+        lo_lo,
+        vendor_suboption::LAST_PORT,
+        2,
+        hi_hi,
+        hi_lo,
+    ]
+}
+
+/// Sets `code` to `data` in a reply's option list the way [`Options::set`] does: a later value
+/// for a code already listed replaces the earlier one in its place.
+fn set_option<'a>(options: &mut Vec<(u8, &'a [u8])>, code: u8, data: &'a [u8]) {
+    match options.iter_mut().find(|(c, _)| *c == code) {
+        Some(entry) => entry.1 = data,
+        None => options.push((code, data)),
+    }
 }
 
 /// DHCP message types (RFC 2132 section 9.6).
@@ -294,6 +314,10 @@ pub struct Engine {
     /// `(until, class, offset)` of every offer in flight.
     offers: BTreeSet<(UnixSecs, usize, u32)>,
     counters: Counters,
+    /// Option 6's payload (every DNS server's address), built once.
+    dns_payload: Vec<u8>,
+    /// Option 66's payload of each class (its TFTP server as text), built once.
+    tftp_names: Vec<Vec<u8>>,
 }
 
 /// A request's typed fields, read once from the options.
@@ -331,7 +355,11 @@ impl Engine {
                 Pool::new(class.plan.phones, never, quarantine_secs)
             })
             .collect();
+        let dns_payload = config.dhcp.dns.iter().flat_map(|a| a.octets()).collect();
+        let tftp_names = config.classes.iter().map(|c| c.tftp_server.to_string().into_bytes()).collect();
         let mut engine = Self {
+            dns_payload,
+            tftp_names,
             server_id: lan.addr(),
             config,
             limits,
@@ -402,31 +430,37 @@ impl Engine {
     /// Handles one datagram received on the server port at `now`.
     pub fn handle(&mut self, now: UnixSecs, datagram: &[u8]) -> Output {
         let mut out = Output::default();
+        self.handle_into(now, datagram, &mut out);
+        out
+    }
+
+    /// [`handle`](Self::handle), appending to `out` instead of returning a new [`Output`]: a
+    /// shell that reuses one `Output` per datagram allocates its vectors once.
+    pub fn handle_into(&mut self, now: UnixSecs, datagram: &[u8], out: &mut Output) {
         self.lapse_offers(now);
         let msg = match Message::decode(datagram) {
             Ok(m) => m,
             Err(e) => {
-                self.refuse(&mut out, Disposition::Malformed, None, &e.to_string());
-                return out;
+                self.refuse(out, Disposition::Malformed, None, &e.to_string());
+                return;
             }
         };
-        let Some(request) = self.parse_request(&msg, &mut out) else {
-            return out;
+        let Some(request) = self.parse_request(&msg, out) else {
+            return;
         };
-        let Some(class) = self.classify(&request, &mut out) else {
-            return out;
+        let Some(class) = self.classify(&request, out) else {
+            return;
         };
         match request.kind {
-            MessageType::Discover => self.discover(now, &request, class, &mut out),
-            MessageType::Request => self.request(now, &request, class, &mut out),
-            MessageType::Release => self.release(now, &request, class, &mut out),
-            MessageType::Decline => self.decline(now, &request, class, &mut out),
-            MessageType::Inform => self.inform(&request, class, &mut out),
+            MessageType::Discover => self.discover(now, &request, class, out),
+            MessageType::Request => self.request(now, &request, class, out),
+            MessageType::Release => self.release(now, &request, class, out),
+            MessageType::Decline => self.decline(now, &request, class, out),
+            MessageType::Inform => self.inform(&request, class, out),
             MessageType::Offer | MessageType::Ack | MessageType::Nak => {
-                self.refuse(&mut out, Disposition::UnexpectedType, Some(request.mac), "server message type");
+                self.refuse(out, Disposition::UnexpectedType, Some(request.mac), "server message type");
             }
         }
-        out
     }
 
     /// Stage 1: a BOOTREQUEST with a well-formed message type and client options.
@@ -783,7 +817,9 @@ impl Engine {
         out.replies.push(Reply { to, broadcast, message_type: MessageType::Nak, bytes });
     }
 
-    /// Builds an OFFER/ACK (with an address) or an INFORM ACK (`offset` None).
+    /// Builds an OFFER/ACK (with an address) or an INFORM ACK (`offset` None). The options are
+    /// borrowed from the configuration, from payloads prepared in [`Engine::new`] and from small
+    /// arrays here, and written straight into the reply's bytes ([`Message::encode_with`]).
     fn reply(&self, request: &Request<'_>, class: usize, offset: Option<u32>, kind: MessageType, out: &mut Output) {
         let c: &PhoneClass = &self.config.classes[class];
         let mut reply = Message::reply_to(request.msg);
@@ -793,64 +829,72 @@ impl Engine {
                 reply.file[..boot.len()].copy_from_slice(boot.as_bytes());
             }
         }
-        // Candidate options, each once; the header options first, the rest by the PRL.
-        let mut available: Vec<(u8, Vec<u8>)> = Vec::with_capacity(16);
+        let granted = match offset {
+            Some(offset) => match self.block_of(class, offset) {
+                Some(granted) => Some(granted),
+                None => return,
+            },
+            None => None,
+        };
         let lan = self.config.lan.address;
-        available.push((code::SUBNET_MASK, lan.netmask().octets().to_vec()));
-        available.push((code::ROUTER, lan.addr().octets().to_vec()));
-        let dns: Vec<u8> = self.config.dhcp.dns.iter().flat_map(|a| a.octets()).collect();
-        if !dns.is_empty() {
-            available.push((code::DNS, dns));
+        let (mask, router, server_id) = (lan.netmask().octets(), lan.addr().octets(), self.server_id.octets());
+        let message_type = [kind as u8];
+        let tftp_address = c.tftp_server.octets();
+        let lease_secs = u32::try_from(c.lease_time.as_secs()).unwrap_or(u32::MAX).max(1);
+        let times = [lease_secs.to_be_bytes(), (lease_secs / 2).to_be_bytes(), (lease_secs / 8 * 7).to_be_bytes()];
+        let port_params = granted.map(|(block, _)| block.option159_payload());
+        let vendor_ports = granted.map(|(block, _)| vendor_port_payload(&block));
+
+        // Candidate options, each once; the header options first, the rest by the PRL.
+        let mut available: Vec<(u8, &[u8])> = Vec::with_capacity(16);
+        available.push((code::SUBNET_MASK, &mask));
+        available.push((code::ROUTER, &router));
+        if !self.dns_payload.is_empty() {
+            available.push((code::DNS, &self.dns_payload));
         }
         if let Some(domain) = &self.config.dhcp.domain_name {
-            available.push((code::DOMAIN_NAME, domain.as_bytes().to_vec()));
+            available.push((code::DOMAIN_NAME, domain.as_bytes()));
         }
         // TFTP server as a name (66) and as a list of addresses (150, RFC 5859).
-        available.push((code::TFTP_SERVER_NAME, c.tftp_server.to_string().into_bytes()));
-        available.push((code::TFTP_SERVER_ADDRESS, c.tftp_server.octets().to_vec()));
+        available.push((code::TFTP_SERVER_NAME, self.tftp_names.get(class).map_or(&[][..], Vec::as_slice)));
+        available.push((code::TFTP_SERVER_ADDRESS, &tftp_address));
         if let Some(boot) = &c.boot_file {
-            available.push((code::BOOT_FILE, boot.as_bytes().to_vec()));
+            available.push((code::BOOT_FILE, boot.as_bytes()));
         }
-        let mut head: Vec<(u8, Vec<u8>)> =
-            vec![(code::MESSAGE_TYPE, vec![kind as u8]), (code::SERVER_ID, self.server_id.octets().to_vec())];
-        if let Some(offset) = offset {
-            let Some((block, address)) = self.block_of(class, offset) else {
-                return;
-            };
+        let mut options: Vec<(u8, &[u8])> = Vec::with_capacity(24);
+        set_option(&mut options, code::MESSAGE_TYPE, &message_type);
+        set_option(&mut options, code::SERVER_ID, &server_id);
+        if let Some((_, address)) = granted {
             reply.yiaddr = address;
-            let lease_secs = u32::try_from(c.lease_time.as_secs()).unwrap_or(u32::MAX).max(1);
-            head.push((code::LEASE_TIME, lease_secs.to_be_bytes().to_vec()));
-            head.push((code::RENEWAL_TIME, (lease_secs / 2).to_be_bytes().to_vec()));
-            head.push((code::REBINDING_TIME, (lease_secs / 8 * 7).to_be_bytes().to_vec()));
+            set_option(&mut options, code::LEASE_TIME, &times[0]);
+            set_option(&mut options, code::RENEWAL_TIME, &times[1]);
+            set_option(&mut options, code::REBINDING_TIME, &times[2]);
             // The port block (claims 001: 1, 11, 26, 41): RFC 7618 on the class's code, and
             // option 43 with explicit bounds for phones that need it.
-            if let Some(port_option) = c.port_option {
-                available.push((port_option, block.option159_payload().to_vec()));
+            if let (Some(port_option), Some(payload)) = (c.port_option, &port_params) {
+                available.push((port_option, payload));
             }
-            if c.vendor_port_option {
-                available.push((code::VENDOR_SPECIFIC, vendor_port_payload(&block)));
+            if let (true, Some(payload)) = (c.vendor_port_option, &vendor_ports) {
+                available.push((code::VENDOR_SPECIFIC, payload));
             }
         } else {
             reply.ciaddr = request.msg.ciaddr;
-        }
-        for (code, data) in head {
-            reply.options.set(code, data);
         }
         // Honour the parameter request list: requested options first, in the client's order.
         for wanted in request.parameters {
             if let Some(i) = available.iter().position(|(c, _)| c == wanted) {
                 let (code, data) = available.swap_remove(i);
-                reply.options.set(code, data);
+                set_option(&mut options, code, data);
             }
         }
         // The rest are always sent: a phone must learn its block and software even unasked.
         available.sort_by_key(|(c, _)| *c);
         for (code, data) in available {
-            reply.options.set(code, data);
+            set_option(&mut options, code, data);
         }
         if let Some(relay) = request.msg.options.get(code::RELAY_AGENT_INFO) {
             // RFC 3046 section 2.2: echoed, as the last option.
-            reply.options.set(code::RELAY_AGENT_INFO, relay.to_vec());
+            set_option(&mut options, code::RELAY_AGENT_INFO, relay);
         }
         let (to, broadcast) = if !request.msg.giaddr.is_unspecified() {
             (SocketAddrV4::new(request.msg.giaddr, SERVER_PORT), false)
@@ -861,7 +905,7 @@ impl Engine {
             // unicast to yiaddr would need an ARP entry the shell cannot add portably).
             (SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT), true)
         };
-        let (bytes, left_out) = reply.encode(request.max_message);
+        let (bytes, left_out) = reply.encode_with(request.max_message, options.iter().copied());
         if !left_out.is_empty() {
             tracing::warn!(mac = %request.mac, ?left_out, "dhcp: options left out (client max message size)");
             out.effects.push(Effect::OptionsLeftOut { mac: request.mac, codes: left_out });

@@ -1,12 +1,15 @@
 //! The DHCP server shell: the only part of this crate that does I/O.
 //!
 //! One blocking thread owns the [`Engine`]: it waits for a datagram, reads the clock, calls
-//! [`Engine::handle`] on it and on every datagram already queued behind it (up to 64), and
-//! dispatches the [`Output`]s. Replies that need no write go out at once
-//! (OFFER, NAK, INFORM ACK). Replies whose lease must be durable (ACK) are handed with their writes,
-//! one batch per wake-up, to the [`GroupCommitter`]; its thread sends them, and publishes the lease events, only once the
-//! commit that carried them returned — so many ACKs share one fsync and none precedes its lease
-//! (claims 001: 10, 25, 40). The same thread runs the expiry sweep every `sweep_every`.
+//! [`Engine::handle_into`] on it and on every datagram already queued behind it (up to 64), and
+//! dispatches the [`Output`]s of that wake-up as two batches. Replies that need no write
+//! (OFFER, NAK, INFORM ACK) go out at the end of the wake-up, together
+//! ([`Transport::send_batch`]: one `sendmmsg(2)` on a UDP socket). Replies whose lease must be
+//! durable (ACK) are handed with their writes, one batch per wake-up, to the [`GroupCommitter`];
+//! its thread publishes the lease events and sends the replies of every batch of a group commit
+//! together, only once that commit returned — so many ACKs share one fsync, one lease-sink call
+//! and one send, and none precedes its lease (claims 001: 10, 25, 40). The same thread runs the
+//! expiry sweep every `sweep_every`.
 //!
 //! If a commit fails, its replies are withheld (the clients retry) and an error is logged; the
 //! engine's memory already holds the lease, so the retry is answered as a renewal and re-writes
@@ -15,11 +18,11 @@
 use std::io;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dialtone_store::{GroupCommitter, UnixSecs};
+use dialtone_store::{GroupCommitter, GroupDone, UnixSecs};
 
 use crate::engine::{Counters, Effect, Engine, LeaseEvent, Output, Reply};
 
@@ -31,7 +34,24 @@ pub trait Transport: Send + Sync + 'static {
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>>;
     /// Sends `bytes` to `to`.
     fn send(&self, bytes: &[u8], to: SocketAddrV4) -> io::Result<()>;
+    /// Sends every reply, in order, each to its address; a reply that cannot be sent is logged
+    /// and skipped. Transports that can send several datagrams in one system call override this.
+    fn send_batch(&self, replies: &[Reply]) {
+        for reply in replies {
+            if let Err(e) = self.send(&reply.bytes, reply.to) {
+                tracing::warn!(error = %e, to = %reply.to, "dhcp: send failed");
+            }
+        }
+    }
 }
+
+/// Replies handed to one `sendmmsg(2)` at most (a wake-up's batch is sent in chunks of this).
+const SEND_CHUNK: usize = 64;
+
+/// Receive buffer asked for the server socket: about a thousand queued datagrams, so that a burst
+/// arriving while the thread is descheduled (the committer shares its core) waits instead of being
+/// dropped.
+pub const RECV_BUFFER_BYTES: usize = 1 << 20;
 
 /// A UDP socket on the server port, optionally bound to one interface.
 #[derive(Debug)]
@@ -41,11 +61,15 @@ pub struct UdpTransport {
 
 impl UdpTransport {
     /// Binds `addr` (normally `0.0.0.0:67`), restricted to `interface` when given
-    /// (SO_BINDTODEVICE), with broadcast allowed and a read timeout so the loop can sweep and stop.
+    /// (SO_BINDTODEVICE), with broadcast allowed, a receive buffer of [`RECV_BUFFER_BYTES`] and a
+    /// read timeout so the loop can sweep and stop.
     pub fn bind(addr: SocketAddrV4, interface: Option<&str>, read_timeout: Duration) -> io::Result<Self> {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
         socket.set_reuse_address(true)?;
         socket.set_broadcast(true)?;
+        // The kernel caps this at net.core.rmem_max; the default (about 200 kB) holds only a
+        // couple of hundred small datagrams, a few milliseconds of a boot storm.
+        socket.set_recv_buffer_size(RECV_BUFFER_BYTES)?;
         if let Some(interface) = interface {
             socket.bind_device(Some(interface.as_bytes()))?;
         }
@@ -78,6 +102,40 @@ impl Transport for UdpTransport {
     fn send(&self, bytes: &[u8], to: SocketAddrV4) -> io::Result<()> {
         self.socket.send_to(bytes, to).map(|_| ())
     }
+
+    /// One `sendmmsg(2)` per [`SEND_CHUNK`] replies. It returns how many datagrams left; the
+    /// first one not sent is retried alone with `sendto(2)`, so its error is reported and the
+    /// rest still go out.
+    fn send_batch(&self, replies: &[Reply]) {
+        use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+        let mut rest = replies;
+        while !rest.is_empty() {
+            let chunk = rest.get(..SEND_CHUNK.min(rest.len())).unwrap_or(rest);
+            let addresses: Vec<SocketAddrAny> = chunk.iter().map(|r| SocketAddrAny::from(r.to)).collect();
+            let payloads: Vec<[io::IoSlice<'_>; 1]> = chunk.iter().map(|r| [io::IoSlice::new(&r.bytes)]).collect();
+            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
+                chunk.iter().map(|_| SendAncillaryBuffer::default()).collect();
+            let mut messages: Vec<MMsgHdr<'_>> = addresses
+                .iter()
+                .zip(&payloads)
+                .zip(controls.iter_mut())
+                .map(|((to, payload), control)| MMsgHdr::new_with_addr(to, payload, control))
+                .collect();
+            let sent = sendmmsg(&self.socket, &mut messages, SendFlags::empty()).unwrap_or(0);
+            // The first datagram refused: sent alone, for its error; then the rest.
+            let skip = if sent < chunk.len() {
+                if let Some(failed) = chunk.get(sent) {
+                    if let Err(e) = self.send(&failed.bytes, failed.to) {
+                        tracing::warn!(error = %e, to = %failed.to, "dhcp: send failed");
+                    }
+                }
+                sent + 1
+            } else {
+                sent
+            };
+            rest = rest.get(skip..).unwrap_or(&[]);
+        }
+    }
 }
 
 /// Datagrams handled per wake-up at most: what is already queued after the first is read without
@@ -85,8 +143,17 @@ impl Transport for UdpTransport {
 /// thread wake-up), instead of one per datagram.
 const DRAIN: usize = 64;
 
-/// Receives lease events (the dataplane's channel, metrics); called after durability.
-pub type LeaseSink = Arc<dyn Fn(LeaseEvent) + Send + Sync>;
+/// How long the thread lets datagrams gather after a wake-up that found more than one queued
+/// (the server is under load) before it reads again. Waking the thread is the dearest part of a
+/// datagram's cost (several microseconds on a virtual machine); under load the next wake-up then
+/// finds a batch rather than one or two datagrams, for at most this much more latency (RFC 2131
+/// clients wait seconds). A wake-up that finds a single datagram (light load) or a full
+/// [`DRAIN`] (more is queued) reads again at once.
+const GATHER: Duration = Duration::from_micros(200);
+
+/// Receives lease events (the dataplane's channel, metrics); called after durability, once per
+/// reply set with all of its events, in order.
+pub type LeaseSink = Arc<dyn Fn(&[LeaseEvent]) + Send + Sync>;
 /// The clock, in seconds since the UNIX epoch (injected so tests run in virtual time).
 pub type Clock = Arc<dyn Fn() -> UnixSecs + Send + Sync>;
 
@@ -116,42 +183,52 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Mutex::new(engine.counters().clone()));
         let (thread_stop, thread_counters) = (Arc::clone(&stop), Arc::clone(&counters));
+        let durable_out = Durable::new(&transport, &leases);
         let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
             let mut buf = vec![0u8; 65_536];
             let mut next_sweep = Instant::now() + sweep_every;
+            // Reused every wake-up: one datagram's output, and what leaves without a write.
+            let mut one = Output::default();
+            let mut at_once = Output::default();
             while !thread_stop.load(Ordering::Relaxed) {
                 let received = transport.recv(&mut buf);
                 let now = clock();
+                let mut handled = 0;
                 match received {
-                    Ok(Some(n)) => {
+                    Ok(Some(first)) => {
                         let mut batch = Output::default();
-                        absorb(engine.handle(now, buf.get(..n).unwrap_or(&[])), &mut batch, &transport, &leases);
-                        for _ in 1..DRAIN {
-                            match transport.try_recv(&mut buf) {
-                                Ok(Some(n)) => absorb(
-                                    engine.handle(now, buf.get(..n).unwrap_or(&[])),
-                                    &mut batch,
-                                    &transport,
-                                    &leases,
-                                ),
-                                Ok(None) => break,
+                        let mut next = Some(first);
+                        while let Some(n) = next {
+                            engine.handle_into(now, buf.get(..n).unwrap_or(&[]), &mut one);
+                            sort(&mut one, &mut at_once, &mut batch);
+                            handled += 1;
+                            if handled == DRAIN {
+                                break;
+                            }
+                            next = match transport.try_recv(&mut buf) {
+                                Ok(next) => next,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "dhcp: receive failed");
-                                    break;
+                                    None
                                 }
-                            }
+                            };
                         }
-                        dispatch(batch, &transport, &committer, &leases);
+                        deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
+                        at_once.replies.clear();
+                        durable_out.dispatch(batch, &committer);
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "dhcp: receive failed"),
                 }
                 if Instant::now() >= next_sweep {
                     next_sweep = Instant::now() + sweep_every;
-                    dispatch(engine.sweep(now), &transport, &committer, &leases);
+                    durable_out.dispatch(engine.sweep(now), &committer);
                 }
                 if let Ok(mut c) = thread_counters.lock() {
                     c.clone_from(engine.counters());
+                }
+                if handled > 1 && handled < DRAIN {
+                    std::thread::sleep(GATHER);
                 }
             }
         })?;
@@ -238,59 +315,98 @@ impl Drop for HistoryPruner {
     }
 }
 
-fn send_all<T: Transport>(transport: &T, replies: &[Reply]) {
-    for reply in replies {
-        if let Err(e) = transport.send(&reply.bytes, reply.to) {
-            tracing::warn!(error = %e, to = %reply.to, "dhcp: send failed");
-        }
-    }
-}
-
-fn publish(leases: &LeaseSink, effects: Vec<Effect>) {
-    for effect in effects {
-        if let Effect::Lease(event) = effect {
-            leases(event);
-        }
+fn publish(leases: &LeaseSink, effects: impl IntoIterator<Item = Effect>) {
+    let events: Vec<LeaseEvent> = effects
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Lease(event) => Some(event),
+            _ => None,
+        })
+        .collect();
+    if !events.is_empty() {
+        leases(&events);
     }
 }
 
 /// Publishes a reply set's lease events, then sends its replies. Events go first so a phone that
 /// uses its address the moment its ACK arrives (a TFTP request for its per-phone file) finds the
 /// lease table current.
-fn deliver<T: Transport>(transport: &T, leases: &LeaseSink, replies: &[Reply], effects: Vec<Effect>) {
+fn deliver<T: Transport>(
+    transport: &T,
+    leases: &LeaseSink,
+    replies: &[Reply],
+    effects: impl IntoIterator<Item = Effect>,
+) {
     publish(leases, effects);
-    send_all(transport, replies);
+    if !replies.is_empty() {
+        transport.send_batch(replies);
+    }
 }
 
-/// Delivers at once what needs no write (OFFER, NAK, INFORM); gathers the rest into `batch`,
-/// whose replies leave only after the commit carrying all of its writes.
-fn absorb<T: Transport>(out: Output, batch: &mut Output, transport: &Arc<T>, leases: &LeaseSink) {
-    if out.writes.is_empty() {
-        deliver(&**transport, leases, &out.replies, out.effects);
-        return;
-    }
-    batch.replies.extend(out.replies);
-    batch.effects.extend(out.effects);
-    batch.writes.extend(out.writes);
+/// Moves one datagram's output (`one`, left empty) to `at_once` when it needs no write (OFFER,
+/// NAK, INFORM), else to `durable`, whose replies leave only after the commit carrying all of
+/// its writes. Replies keep their order within each.
+fn sort(one: &mut Output, at_once: &mut Output, durable: &mut Output) {
+    let to = if one.writes.is_empty() { at_once } else { durable };
+    to.replies.append(&mut one.replies);
+    to.effects.append(&mut one.effects);
+    to.writes.append(&mut one.writes);
 }
 
-/// Delivers at once what needs no write; otherwise after the commit carrying the writes.
-fn dispatch<T: Transport>(out: Output, transport: &Arc<T>, committer: &GroupCommitter, leases: &LeaseSink) {
-    let Output { replies, effects, writes } = out;
-    if writes.is_empty() {
-        deliver(&**transport, leases, &replies, effects);
-        return;
+/// Replies and events waiting for the end of the group commit that made them durable.
+#[derive(Default)]
+struct Ready {
+    replies: Vec<Reply>,
+    effects: Vec<Effect>,
+}
+
+/// The committed side of the server: each batch's completion (on the committer thread) only
+/// moves its replies and events to [`Ready`]; once every completion of the group has run, the
+/// group's [`GroupDone`] delivers them all: one call of the lease sink (so one wake-up of each
+/// dataplane worker) and one [`Transport::send_batch`] per group commit, not per batch.
+struct Durable<T> {
+    ready: Arc<Mutex<Ready>>,
+    deliver_group: GroupDone,
+    transport: Arc<T>,
+    leases: LeaseSink,
+}
+
+impl<T: Transport> Durable<T> {
+    fn new(transport: &Arc<T>, leases: &LeaseSink) -> Self {
+        let ready = Arc::new(Mutex::new(Ready::default()));
+        let (group_ready, group_transport, group_leases) =
+            (Arc::clone(&ready), Arc::clone(transport), Arc::clone(leases));
+        let deliver_group: GroupDone = Arc::new(move || {
+            let Ready { replies, effects } =
+                std::mem::take(&mut *group_ready.lock().unwrap_or_else(PoisonError::into_inner));
+            deliver(&*group_transport, &group_leases, &replies, effects);
+        });
+        Self { ready, deliver_group, transport: Arc::clone(transport), leases: Arc::clone(leases) }
     }
-    let (transport, leases) = (Arc::clone(transport), Arc::clone(leases));
-    committer.submit(
-        writes,
-        Box::new(move |result| match result {
-            Ok(()) => deliver(&*transport, &leases, &replies, effects),
-            Err(e) => {
-                tracing::error!(error = %e, withheld = replies.len(), "dhcp: lease not durable, replies withheld");
-            }
-        }),
-    );
+
+    /// Delivers at once what needs no write; otherwise after the commit carrying the writes.
+    fn dispatch(&self, out: Output, committer: &GroupCommitter) {
+        let Output { replies, effects, writes } = out;
+        if writes.is_empty() {
+            deliver(&*self.transport, &self.leases, &replies, effects);
+            return;
+        }
+        let ready = Arc::clone(&self.ready);
+        committer.submit_then(
+            writes,
+            Box::new(move |result| match result {
+                Ok(()) => {
+                    let mut ready = ready.lock().unwrap_or_else(PoisonError::into_inner);
+                    ready.replies.extend(replies);
+                    ready.effects.extend(effects);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, withheld = replies.len(), "dhcp: lease not durable, replies withheld");
+                }
+            }),
+            &self.deliver_group,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -309,7 +425,20 @@ mod tests {
     struct Fake {
         inbox: Mutex<VecDeque<Vec<u8>>>,
         sent: Mutex<Vec<(Vec<u8>, bool)>>,
+        /// How many replies each `send_batch` call carried.
+        batches: Mutex<Vec<usize>>,
         store: Arc<MemoryStore>,
+    }
+
+    impl Fake {
+        fn new(store: Arc<MemoryStore>) -> Arc<Self> {
+            Arc::new(Fake {
+                inbox: Mutex::new(VecDeque::new()),
+                sent: Mutex::new(Vec::new()),
+                batches: Mutex::new(Vec::new()),
+                store,
+            })
+        }
     }
 
     impl Transport for Fake {
@@ -338,6 +467,12 @@ mod tests {
             self.sent.lock().unwrap().push((bytes.to_vec(), durable));
             Ok(())
         }
+        fn send_batch(&self, replies: &[Reply]) {
+            self.batches.lock().unwrap().push(replies.len());
+            for reply in replies {
+                self.send(&reply.bytes, reply.to).unwrap();
+            }
+        }
     }
 
     /// Slows commits down so an ACK sent too early would be caught.
@@ -361,15 +496,16 @@ mod tests {
     #[test]
     fn acks_leave_only_after_their_lease_is_durable() {
         let memory = Arc::new(MemoryStore::new());
-        let fake =
-            Arc::new(Fake { inbox: Mutex::new(VecDeque::new()), sent: Mutex::new(Vec::new()), store: memory.clone() });
+        let fake = Fake::new(memory.clone());
         let committer = Arc::new(
             GroupCommitter::start(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024, 64).unwrap(),
         );
         let (events_tx, events_rx) = mpsc::channel();
         let events_tx = Mutex::new(events_tx);
-        let sink: LeaseSink = Arc::new(move |e| {
-            let _ = events_tx.lock().unwrap().send(e);
+        let sink: LeaseSink = Arc::new(move |events: &[LeaseEvent]| {
+            for e in events {
+                let _ = events_tx.lock().unwrap().send(e.clone());
+            }
         });
         let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
         let server = Server::spawn(
@@ -414,6 +550,57 @@ mod tests {
         assert_eq!(acks, 3);
         let events: Vec<_> = (0..3).map(|_| events_rx.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
         assert_eq!(events.len(), 3);
+        server.stop();
+    }
+
+    /// The message type and the last MAC byte of a sent reply.
+    fn kind_and_phone(bytes: &[u8]) -> (u8, u8) {
+        let reply = Message::decode(bytes).unwrap();
+        (reply.options.get(code::MESSAGE_TYPE).unwrap()[0], reply.chaddr[5])
+    }
+
+    #[test]
+    fn a_wake_up_sends_its_offers_together_and_its_acks_together_after_their_commit() {
+        let memory = Arc::new(MemoryStore::new());
+        let fake = Fake::new(memory.clone());
+        let committer = Arc::new(
+            GroupCommitter::start(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024, 64).unwrap(),
+        );
+        let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
+        let server = Server::spawn(
+            engine,
+            fake.clone(),
+            Arc::clone(&committer),
+            Arc::new(|_: &[LeaseEvent]| {}),
+            Arc::new(|| 1000),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        for n in 1..=3 {
+            fake.inbox.lock().unwrap().push_back(Msg::new(MessageType::Discover, mac(n), YEALINK).bytes());
+            wait_for(&fake, usize::from(n));
+        }
+        let offered: Vec<Ipv4Addr> =
+            fake.sent.lock().unwrap().iter().map(|(b, _)| Message::decode(b).unwrap().yiaddr).collect();
+        fake.batches.lock().unwrap().clear();
+        // One wake-up: REQUESTs of phones 3, 1, 2 interleaved with DISCOVERs of phones 4 and 5.
+        let request = |n: u8| {
+            Msg::new(MessageType::Request, mac(n), YEALINK)
+                .requested(offered[usize::from(n) - 1])
+                .server(Ipv4Addr::new(100, 64, 0, 1))
+                .bytes()
+        };
+        let discover = |n: u8| Msg::new(MessageType::Discover, mac(n), YEALINK).bytes();
+        fake.inbox.lock().unwrap().extend([request(3), discover(4), request(1), discover(5), request(2)]);
+        let all = wait_for(&fake, 8);
+        let (offer, ack) = (MessageType::Offer as u8, MessageType::Ack as u8);
+        let order: Vec<(u8, u8)> = all[3..].iter().map(|(b, _)| kind_and_phone(b)).collect();
+        assert_eq!(order, [(offer, 4), (offer, 5), (ack, 3), (ack, 1), (ack, 2)], "OFFERs first, each set in order");
+        assert_eq!(*fake.batches.lock().unwrap(), [2, 3], "one send per set");
+        assert!(all[3..5].iter().all(|(_, durable)| !durable));
+        assert!(all[5..].iter().all(|(_, durable)| *durable), "an ACK left before its lease was durable");
+        assert_eq!(memory.snapshot().unwrap().leases.len(), 3);
+        assert_eq!(committer.stats().batches, 1, "the three REQUESTs' writes went as one batch");
         server.stop();
     }
 
@@ -481,5 +668,27 @@ mod tests {
         server.send(b"world", back).unwrap();
         let (n, _) = client.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"world");
+    }
+
+    #[test]
+    fn udp_send_batch_sends_in_order_and_skips_a_datagram_the_kernel_refuses() {
+        let server =
+            UdpTransport::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), None, Duration::from_millis(50)).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let std::net::SocketAddr::V4(back) = client.local_addr().unwrap() else { panic!("IPv4 bound") };
+        let reply = |n: u8, to| Reply { to, broadcast: false, message_type: MessageType::Offer, bytes: vec![n; 300] };
+        // Port 0 is no destination (EINVAL): that one datagram is dropped, the others still leave.
+        let nowhere = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        let mut replies: Vec<Reply> = (0..SEND_CHUNK as u8 + 5).map(|n| reply(n, back)).collect();
+        replies.insert(3, reply(0xee, nowhere));
+        server.send_batch(&replies);
+        let mut buf = [0u8; 512];
+        for n in 0..SEND_CHUNK as u8 + 5 {
+            let got = client.recv(&mut buf).unwrap();
+            assert_eq!((got, buf[0]), (300, n), "datagram {n} in order");
+        }
+        client.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        assert!(client.recv(&mut buf).is_err(), "nothing more");
     }
 }

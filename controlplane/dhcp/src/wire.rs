@@ -317,6 +317,17 @@ impl Message {
     /// options are written in the order of [`Options::iter`], so callers put essential ones first.
     /// Payloads longer than 255 bytes are split into consecutive instances (RFC 3396).
     pub fn encode(&self, max_len: usize) -> (Vec<u8>, Vec<u8>) {
+        self.encode_with(max_len, self.options.iter())
+    }
+
+    /// [`encode`](Self::encode) with `options` in place of [`Message::options`] (which is not
+    /// read): a server builds its replies from payloads it already holds, without copying each
+    /// into an [`Options`] first. Each code must appear once.
+    pub fn encode_with<'a>(
+        &self,
+        max_len: usize,
+        options: impl IntoIterator<Item = (u8, &'a [u8])>,
+    ) -> (Vec<u8>, Vec<u8>) {
         let max_len = max_len.max(MIN_MAX_MESSAGE);
         let mut out = Vec::with_capacity(max_len.min(1500));
         out.extend_from_slice(&[self.op, self.htype, self.hlen, self.hops]);
@@ -331,7 +342,7 @@ impl Message {
         out.extend_from_slice(&self.file);
         out.extend_from_slice(&MAGIC_COOKIE);
         let mut left_out = Vec::new();
-        for (code, data) in self.options.iter() {
+        for (code, data) in options {
             let instances = data.len().div_ceil(255).max(1);
             let needed = data.len() + 2 * instances;
             // One byte stays for End.

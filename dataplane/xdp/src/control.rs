@@ -14,7 +14,9 @@
 //!
 //! A worker with nothing to do sleeps in poll(2) on its sockets and an eventfd; a sender writes
 //! the eventfd only when the worker says it is parked (a Dekker handshake with SeqCst fences),
-//! so an update reaches a sleeping worker in microseconds, not at its next timeout.
+//! so an update reaches a sleeping worker in microseconds, not at its next timeout. The sender
+//! that finds the worker parked takes the announcement back as it writes, so a burst of updates
+//! (a group commit's worth of lease events) costs one eventfd write and one wake-up, not one each.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -81,9 +83,11 @@ impl Waker {
     }
 
     /// Sender side, after publishing something: wakes the worker if it is (about to be) asleep.
+    /// Only the first sender to see the announcement writes the eventfd; the ones after it find
+    /// the worker already woken (it drains the whole ring when it runs).
     pub fn wake_if_parked(&self) {
         fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::SeqCst) {
+        if self.parked.swap(false, Ordering::SeqCst) {
             self.wake();
         }
     }
@@ -149,7 +153,28 @@ impl ControlSender {
         self.send_within(update, FULL_RING_WAIT)
     }
 
+    /// Queues `update` like [`send`](Self::send) but leaves a parked worker asleep: the sender
+    /// of a burst pushes every update of it, then calls [`wake_if_parked`](Self::wake_if_parked)
+    /// once, so that the worker wakes once for the burst instead of once per update (on a shared
+    /// core a woken worker runs at once and parks again between two updates).
+    pub fn push(&self, update: Control) -> Result<(), Lost> {
+        self.push_within(update, FULL_RING_WAIT)
+    }
+
+    /// Wakes the worker if it is parked (after [`push`](Self::push)es).
+    pub fn wake_if_parked(&self) {
+        self.waker.wake_if_parked();
+    }
+
     fn send_within(&self, update: Control, wait: Duration) -> Result<(), Lost> {
+        let pushed = self.push_within(update, wait);
+        if pushed.is_ok() {
+            self.waker.wake_if_parked();
+        }
+        pushed
+    }
+
+    fn push_within(&self, update: Control, wait: Duration) -> Result<(), Lost> {
         // A panicking sender leaves the producer consistent (push is all or nothing).
         let mut producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut pending = update;
@@ -157,10 +182,7 @@ impl ControlSender {
         let mut attempts = 0u32;
         loop {
             match producer.push(pending) {
-                Ok(()) => {
-                    self.waker.wake_if_parked();
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(rtrb::PushError::Full(back)) => {
                     pending = back;
                     let now = Instant::now();
@@ -227,6 +249,20 @@ impl Broadcast {
     /// Sends a translator update to every worker.
     pub fn update(&self, update: Update) -> usize {
         self.send(Control::Nappt(update))
+    }
+
+    /// Queues a translator update for every worker without waking a parked one (one update of a
+    /// burst; see [`ControlSender::push`]); returns how many lost it. End the burst with
+    /// [`wake_parked`](Self::wake_parked).
+    pub fn push_update(&self, update: Update) -> usize {
+        self.senders.iter().filter(|s| s.push(Control::Nappt(update)).is_err()).count()
+    }
+
+    /// Wakes every parked worker: the end of a burst of [`push_update`](Self::push_update)s.
+    pub fn wake_parked(&self) {
+        for sender in self.senders.iter() {
+            sender.wake_if_parked();
+        }
     }
 
     /// Wakes every worker.
@@ -324,6 +360,39 @@ mod tests {
         assert_eq!(eventfd_count(&waker), 1, "parked: woken");
         waker.unpark();
         assert_eq!((rx.pop(), rx.pop()), (Some(lease(0)), Some(lease(1))));
+    }
+
+    #[test]
+    fn a_burst_to_a_parked_worker_wakes_it_once() {
+        let (tx, mut rx, waker, _) = pair(16);
+        waker.park();
+        for i in 0..8 {
+            tx.send(lease(i)).expect("room");
+        }
+        assert_eq!(eventfd_count(&waker), 1, "one write for the whole burst");
+        waker.unpark();
+        assert_eq!((0..8).map(|_| rx.pop()).collect::<Vec<_>>(), (0..8).map(|i| Some(lease(i))).collect::<Vec<_>>());
+        waker.park();
+        tx.send(lease(8)).expect("room");
+        assert_eq!(eventfd_count(&waker), 1, "parked again: woken again");
+    }
+
+    #[test]
+    fn a_pushed_burst_wakes_a_parked_worker_only_when_it_ends() {
+        let (tx, mut rx, waker, _) = pair(16);
+        let all = Broadcast::new(vec![tx]);
+        waker.park();
+        for i in 0..4 {
+            assert_eq!(all.push_update(Update::LeaseDown { class: 0, offset: i }), 0);
+        }
+        assert_eq!(eventfd_count(&waker), 0, "pushes leave the worker asleep");
+        all.wake_parked();
+        assert_eq!(eventfd_count(&waker), 1, "the burst's end wakes it once");
+        all.wake_parked();
+        assert_eq!(eventfd_count(&waker), 0, "no longer parked: no second write");
+        waker.unpark();
+        let expected = (0..4).map(|i| Some(Control::Nappt(Update::LeaseDown { class: 0, offset: i })));
+        assert_eq!((0..4).map(|_| rx.pop()).collect::<Vec<_>>(), expected.collect::<Vec<_>>());
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! rewrite its MACs; transmit on the other side (or the same one); kick the kernel when a ring
 //! says `needs_wakeup`; refill the fill rings; publish counters. The worker busy-polls while
 //! traffic flows; [`BUSY_POLL_MS`] after its last frame it sleeps in poll(2) on its sockets and
-//! its control eventfd.
+//! its control eventfd. Control messages wake it and are applied, but do not count as traffic:
+//! lease events alone never keep it polling.
 //!
 //! `unsafe` here is the AF_XDP contract (xsk-rs): a descriptor handed to a ring is not touched
 //! until the kernel gives it back, and each received frame's bytes are borrowed once, for one
@@ -349,8 +350,10 @@ impl Worker {
     pub fn run(mut self) {
         let mut last_work_ms = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
-            let mut work = self.drain_control();
-            work |= self.reap_completions();
+            // Table updates are not traffic: a stream of lease events (a DHCP burst) must not
+            // keep the worker spinning, only frames do. The updates are applied either way.
+            let updated = self.drain_control();
+            let mut work = self.reap_completions();
             let now_ms = u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX);
             for port in 0..self.ports.len() {
                 work |= self.receive(port, now_ms) > 0;
@@ -365,6 +368,9 @@ impl Worker {
                 last_work_ms = now_ms;
                 self.publish();
                 continue;
+            }
+            if updated {
+                self.publish();
             }
             if now_ms.saturating_sub(last_work_ms) >= BUSY_POLL_MS {
                 self.sleep();
