@@ -148,8 +148,10 @@ const GATEWAY_TTL: u8 = 64;
 /// TOS of the messages the gateway builds: precedence 6, internetwork control (RFC 1812
 /// section 4.3.2.5).
 const GATEWAY_TOS: u8 = 0xC0;
-/// Frames whose table entries are loaded together before they are translated.
+/// Frames whose table entries are loaded together before they are translated (at most 64: a
+/// group's frames are bits of a `u64`).
 const LOOKAHEAD: usize = 64;
+const _: () = assert!(LOOKAHEAD <= 64);
 /// Bytes of the offending datagram's data quoted after its header (RFC 792).
 const QUOTED_DATA: usize = 8;
 
@@ -297,7 +299,7 @@ impl Nappt {
     fn fast_group<const FROM: u8>(&mut self, frames: &mut [Frame<'_>], out: &mut [Verdict]) -> u64 {
         let n = frames.len().min(out.len()).min(LOOKAHEAD);
         let (frames, out) = (&mut frames[..n], &mut out[..n]);
-        let all = if n == LOOKAHEAD { u64::MAX } else { (1u64 << n) - 1 };
+        let all = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
         let mut located = [Located::NONE; LOOKAHEAD];
         for (frame, slot) in frames.iter().zip(located.iter_mut()) {
             *slot = match side_of::<FROM>(frame) {
