@@ -482,6 +482,9 @@ mod tests {
             let port_lo = 1024 * block;
             let mut entry = EchoSlots::default();
             let mut live: Vec<(u16, u16)> = Vec::new();
+            // Once more remapped flows were live than there are slots, one of them was evicted
+            // (round robin) and is gone for good: from then on the model cannot say which.
+            let mut overflowed = false;
             for ident in idents {
                 let (mapped, remapped) = entry.echo_outbound(ident, port_lo, 1024);
                 prop_assert!(mapped.wrapping_sub(port_lo) < 1024);
@@ -489,9 +492,10 @@ mod tests {
                 live.retain(|(_, m)| *m != mapped);
                 live.push((ident, mapped));
                 // The newest flow on each mapped identifier comes back as its original, as long
-                // as at most ECHO_SLOTS remapped flows are live.
+                // as there were never more than ECHO_SLOTS remapped flows live.
                 let remapped_live = live.iter().filter(|(i, m)| i != m).count();
-                if remapped_live <= ECHO_SLOTS {
+                overflowed |= remapped_live > ECHO_SLOTS;
+                if !overflowed {
                     for (original, mapped) in &live {
                         prop_assert_eq!(entry.echo_inbound(*mapped, port_lo, 1024), *original);
                     }
