@@ -888,6 +888,10 @@ impl Nappt {
 /// paths read and write (a TCP checksum is at bytes 16..18 of its header).
 const FAST_L3_LEN: usize = 40;
 
+/// Bytes from the frame's start the fast paths read or write: a tagged Ethernet header and
+/// [`FAST_L3_LEN`].
+const FAST_HEAD_LEN: usize = 18 + FAST_L3_LEN;
+
 /// Classes the lookups consider: a class is named in 16 bits (by [`Update`]s and in the fast
 /// path's [`Located`]), so a phone of a class past these could never be leased.
 const CLASS_LIMIT: usize = 1 << 16;
@@ -982,17 +986,16 @@ fn mac_pair(dst: [u8; 6], src: [u8; 6]) -> [u8; 12] {
 /// whether it is TCP (else UDP), for a frame the fast paths can take.
 #[inline(always)]
 fn fast_headers<'f>(frame: &'f Frame<'_>) -> Option<(bool, &'f [u8; FAST_L3_LEN], bool)> {
-    let head: &[u8; 14] = frame.buffer.get(..14)?.try_into().ok()?;
+    // One bounds check for all the fast path reads (Ethernet, a VLAN tag, 40 bytes of IP and
+    // transport header); a frame in a smaller buffer takes the general path.
+    let head: &[u8; FAST_HEAD_LEN] = frame.buffer.get(..FAST_HEAD_LEN)?.try_into().ok()?;
     let tagged = match [head[12], head[13]] {
         [0x08, 0x00] => false,
-        [0x81, 0x00] => true,
+        [0x81, 0x00] if [head[16], head[17]] == [0x08, 0x00] => true,
         _ => return None,
     };
-    let l2 = if tagged { 18 } else { 14 };
-    if tagged && frame.buffer.get(16..18)? != [0x08, 0x00] {
-        return None;
-    }
-    let ip: &[u8; FAST_L3_LEN] = frame.buffer.get(l2..l2 + FAST_L3_LEN)?.try_into().ok()?;
+    let (l2, ip) =
+        if tagged { (18, head[18..].try_into().ok()?) } else { (14, head[14..14 + FAST_L3_LEN].try_into().ok()?) };
     let tcp = fast_l3(ip, frame.len.checked_sub(l2)?)?;
     Some((tagged, ip, tcp))
 }
@@ -1020,9 +1023,10 @@ fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<bool> {
 /// frame, writable.
 #[inline(always)]
 fn fast_split<'f>(frame: &'f mut Frame<'_>, at: Located) -> Option<(&'f mut [u8; 12], &'f mut [u8; FAST_L3_LEN])> {
-    let l2 = at.l2();
-    let (eth, rest) = frame.buffer.get_mut(..l2 + FAST_L3_LEN)?.split_at_mut(l2);
-    Some((eth.get_mut(..12)?.try_into().ok()?, rest.try_into().ok()?))
+    let head: &mut [u8; FAST_HEAD_LEN] = frame.buffer.get_mut(..FAST_HEAD_LEN)?.try_into().ok()?;
+    let (eth, rest) = head.split_at_mut(12);
+    let ip = if at.l2() == 18 { &mut rest[6..] } else { &mut rest[2..2 + FAST_L3_LEN] };
+    Some((eth.try_into().ok()?, ip.try_into().ok()?))
 }
 
 /// Folds a sum below 2^34 to 16 bits with end-around carry: at most 0x4FFFF after the first
