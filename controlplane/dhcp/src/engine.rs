@@ -463,6 +463,12 @@ impl Engine {
         }
     }
 
+    /// Counts a datagram the shell could not read whole (longer than its receive slot): it is
+    /// dropped as malformed, with no reply, like any datagram that does not decode.
+    pub fn refuse_oversized(&mut self, out: &mut Output) {
+        self.refuse(out, Disposition::Malformed, None, "datagram longer than the receive slot");
+    }
+
     /// Stage 1: a BOOTREQUEST with a well-formed message type and client options.
     fn parse_request<'a>(&mut self, msg: &'a Message, out: &mut Output) -> Option<Request<'a>> {
         if msg.op != BOOTREQUEST {
