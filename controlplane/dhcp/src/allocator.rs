@@ -77,6 +77,11 @@ pub struct Pool {
     quarantine_order: BTreeSet<(UnixSecs, u32)>,
     reusable: BTreeSet<u32>,
     next_fresh: u32,
+    /// Offsets whose quarantine the store may hold: quarantined here (the engine writes every
+    /// quarantine) or restored from the store, and not lifted there since. A quarantine ends in
+    /// memory without a write, so the store can hold one that no longer counts; a new lease of
+    /// an offset not in this set has nothing to lift there.
+    quarantine_on_record: HashSet<u32>,
 }
 
 impl Pool {
@@ -94,6 +99,7 @@ impl Pool {
             quarantine_order: BTreeSet::new(),
             reusable: BTreeSet::new(),
             next_fresh: 0,
+            quarantine_on_record: HashSet::new(),
         }
     }
 
@@ -130,6 +136,22 @@ impl Pool {
     /// Quarantine end of `offset`, if quarantined.
     pub fn quarantined_until(&self, offset: u32) -> Option<UnixSecs> {
         self.quarantined.get(&offset).copied()
+    }
+
+    /// May the store hold a quarantine of `offset` (written or restored, not lifted since)?
+    pub fn quarantine_on_record(&self, offset: u32) -> bool {
+        self.quarantine_on_record.contains(&offset)
+    }
+
+    /// How many offsets [`quarantine_on_record`](Self::quarantine_on_record).
+    pub fn quarantines_on_record(&self) -> usize {
+        self.quarantine_on_record.len()
+    }
+
+    /// Notes that the store's quarantine of `offset` is being lifted; true when it may hold one
+    /// (otherwise lifting it would be a write with nothing to remove).
+    pub fn lift_quarantine_record(&mut self, offset: u32) -> bool {
+        self.quarantine_on_record.remove(&offset)
     }
 
     /// Number of bound leases.
@@ -290,6 +312,7 @@ impl Pool {
     }
 
     fn quarantine(&mut self, offset: u32, until: UnixSecs) {
+        self.quarantine_on_record.insert(offset);
         self.reusable.remove(&offset);
         if let Some(old) = self.quarantined.insert(offset, until) {
             self.quarantine_order.remove(&(old, offset));
@@ -336,7 +359,13 @@ impl Pool {
 
     /// Restores a quarantine from the store.
     pub fn restore_quarantine(&mut self, offset: u32, until: UnixSecs) {
-        if offset < self.size && !self.holds.contains_key(&offset) {
+        if offset >= self.size {
+            return;
+        }
+        if self.holds.contains_key(&offset) {
+            // Outdated (the address is leased) but still stored: the next new lease lifts it.
+            self.quarantine_on_record.insert(offset);
+        } else {
             self.quarantine(offset, until);
         }
     }
@@ -424,6 +453,35 @@ mod tests {
         pool.bind(1, mac(2), 0, 200, None, BLOCK);
         pool.offer(2, mac(3), 50);
         assert_eq!(pool.expired(150), vec![(0, mac(1), 0)]);
+    }
+
+    #[test]
+    fn quarantines_on_record_are_those_written_or_restored_and_not_lifted() {
+        let mut pool = Pool::new(4, [], 600);
+        pool.bind(0, mac(1), 0, 3600, None, BLOCK);
+        assert!(!pool.quarantine_on_record(0), "a fresh offset was never quarantined");
+        assert!(!pool.lift_quarantine_record(0));
+        pool.unbind(0, 100);
+        // The quarantine ends in memory (another MAC may have the offset), but stays on record.
+        assert_eq!(pool.pick(mac(2), 800), Some(Pick { offset: 1 }));
+        pool.bind(1, mac(2), 800, 4400, None, BLOCK);
+        pool.bind(2, mac(3), 800, 4400, None, BLOCK);
+        pool.bind(3, mac(4), 800, 4400, None, BLOCK);
+        assert_eq!(pool.quarantined_until(0), Some(700));
+        assert_eq!(pool.pick(mac(5), 800), Some(Pick { offset: 0 }));
+        assert_eq!(pool.quarantined_until(0), None);
+        assert!(pool.quarantine_on_record(0));
+        assert!(pool.lift_quarantine_record(0));
+        assert!(!pool.lift_quarantine_record(0), "lifted once");
+
+        let mut restored = Pool::new(4, [], 600);
+        restored.restore_lease(1, mac(2), 0, 3600, None, BLOCK);
+        restored.restore_quarantine(1, 900);
+        restored.restore_quarantine(2, 900);
+        restored.finish_restore();
+        assert!(restored.quarantine_on_record(1), "outdated, yet stored");
+        assert!(restored.quarantine_on_record(2));
+        assert!(!restored.quarantine_on_record(3));
     }
 
     #[test]
