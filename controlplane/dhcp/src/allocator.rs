@@ -63,17 +63,66 @@ pub struct Pick {
     pub offset: u32,
 }
 
+/// A map keyed by pool offset: a vector indexed by the offset, grown to the highest offset
+/// stored (offsets are handed out lowest first, so it grows with the leases) and never past the
+/// pool size. Offsets are small and dense, so this is an index, not a hash and a probe, and
+/// neighbouring leases share cache lines.
+#[derive(Debug)]
+struct OffsetMap<V> {
+    slots: Vec<Option<V>>,
+    /// Offsets at or above this are never stored (the pool size).
+    limit: u32,
+}
+
+impl<V> OffsetMap<V> {
+    fn new(limit: u32) -> Self {
+        Self { slots: Vec::new(), limit }
+    }
+
+    fn get(&self, offset: &u32) -> Option<&V> {
+        self.slots.get(usize::try_from(*offset).ok()?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, offset: &u32) -> Option<&mut V> {
+        self.slots.get_mut(usize::try_from(*offset).ok()?)?.as_mut()
+    }
+
+    fn contains_key(&self, offset: &u32) -> bool {
+        self.get(offset).is_some()
+    }
+
+    /// Stores `value` at `offset`, returning what was there. An offset outside the pool (every
+    /// caller checks before) is not stored.
+    fn insert(&mut self, offset: u32, value: V) -> Option<V> {
+        let index = usize::try_from(offset).ok().filter(|_| offset < self.limit)?;
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.slots.get_mut(index)?.replace(value)
+    }
+
+    fn remove(&mut self, offset: &u32) -> Option<V> {
+        self.slots.get_mut(usize::try_from(*offset).ok()?)?.take()
+    }
+
+    /// `(offset, value)` in offset order.
+    fn iter(&self) -> impl Iterator<Item = (u32, &V)> + '_ {
+        (0u32..).zip(&self.slots).filter_map(|(offset, slot)| Some((offset, slot.as_ref()?)))
+    }
+}
+
 /// One class's pool state.
 #[derive(Debug)]
 pub struct Pool {
     size: u32,
-    never: HashSet<u32>,
+    /// Sorted: a handful of offsets (network, gateway, broadcast), searched on every pick.
+    never: Vec<u32>,
     quarantine_secs: UnixSecs,
     binding: HashMap<MacAddr, u32>,
-    bound_mac: HashMap<u32, MacAddr>,
-    holds: HashMap<u32, Hold>,
+    bound_mac: OffsetMap<MacAddr>,
+    holds: OffsetMap<Hold>,
     held_by: HashMap<MacAddr, u32>,
-    quarantined: HashMap<u32, UnixSecs>,
+    quarantined: OffsetMap<UnixSecs>,
     quarantine_order: BTreeSet<(UnixSecs, u32)>,
     reusable: BTreeSet<u32>,
     next_fresh: u32,
@@ -89,13 +138,18 @@ impl Pool {
     pub fn new(size: u32, never: impl IntoIterator<Item = u32>, quarantine_secs: UnixSecs) -> Self {
         Self {
             size,
-            never: never.into_iter().collect(),
+            never: {
+                let mut never: Vec<u32> = never.into_iter().collect();
+                never.sort_unstable();
+                never.dedup();
+                never
+            },
             quarantine_secs,
             binding: HashMap::new(),
-            bound_mac: HashMap::new(),
-            holds: HashMap::new(),
+            bound_mac: OffsetMap::new(size),
+            holds: OffsetMap::new(size),
             held_by: HashMap::new(),
-            quarantined: HashMap::new(),
+            quarantined: OffsetMap::new(size),
             quarantine_order: BTreeSet::new(),
             reusable: BTreeSet::new(),
             next_fresh: 0,
@@ -110,7 +164,7 @@ impl Pool {
 
     /// Is `offset` a leasable offset of this pool?
     pub fn is_leasable(&self, offset: u32) -> bool {
-        offset < self.size && !self.never.contains(&offset)
+        offset < self.size && self.never.binary_search(&offset).is_err()
     }
 
     /// The sticky binding of `mac`.
@@ -156,7 +210,7 @@ impl Pool {
 
     /// Number of bound leases.
     pub fn bound_count(&self) -> usize {
-        self.holds.values().filter(|h| matches!(h, Hold::Bound { .. })).count()
+        self.holds.iter().filter(|(_, h)| matches!(h, Hold::Bound { .. })).count()
     }
 
     /// Could `mac` have `offset` now (free, or already its own)?
@@ -326,7 +380,7 @@ impl Pool {
             .holds
             .iter()
             .filter_map(|(offset, hold)| match hold {
-                Hold::Bound { mac, start, expiry, .. } if *expiry <= now => Some((*offset, *mac, *start)),
+                Hold::Bound { mac, start, expiry, .. } if *expiry <= now => Some((offset, *mac, *start)),
                 _ => None,
             })
             .collect();
@@ -374,9 +428,9 @@ impl Pool {
     pub fn finish_restore(&mut self) {
         let free: Vec<u32> = self
             .bound_mac
-            .keys()
+            .iter()
+            .map(|(offset, _)| offset)
             .filter(|o| !self.holds.contains_key(o) && !self.quarantined.contains_key(o))
-            .copied()
             .collect();
         self.reusable.extend(free);
     }
@@ -392,6 +446,24 @@ mod tests {
 
     const BLOCK: PortBlock =
         PortBlock { public_ip: std::net::Ipv4Addr::new(198, 51, 100, 1), port_lo: 1024, port_hi: 2047 };
+
+    #[test]
+    fn offset_maps_grow_with_the_offsets_stored_and_never_past_the_pool() {
+        let mut map = OffsetMap::new(10);
+        assert_eq!(map.insert(3, 'a'), None);
+        assert_eq!(map.insert(3, 'b'), Some('a'));
+        assert_eq!(map.insert(0, 'c'), None);
+        assert_eq!(map.slots.len(), 4);
+        assert_eq!(map.insert(10, 'x'), None, "outside the pool");
+        assert_eq!(map.insert(u32::MAX, 'x'), None);
+        assert_eq!(map.slots.len(), 4, "nothing stored outside the pool");
+        assert_eq!((map.get(&3), map.get(&1), map.get(&10)), (Some(&'b'), None, None));
+        *map.get_mut(&0).unwrap() = 'd';
+        assert_eq!(map.iter().collect::<Vec<_>>(), [(0, &'d'), (3, &'b')]);
+        assert_eq!(map.remove(&3), Some('b'));
+        assert_eq!(map.remove(&3), None);
+        assert!(!map.contains_key(&3) && map.contains_key(&0));
+    }
 
     #[test]
     fn fresh_offsets_skip_the_never_list() {
