@@ -63,20 +63,74 @@ pub struct Pick {
     pub offset: u32,
 }
 
+/// A map keyed by pool offset: a vector indexed by the offset, grown to the highest offset
+/// stored (offsets are handed out lowest first, so it grows with the leases) and never past the
+/// pool size. Offsets are small and dense, so this is an index, not a hash and a probe, and
+/// neighbouring leases share cache lines.
+#[derive(Debug)]
+struct OffsetMap<V> {
+    slots: Vec<Option<V>>,
+    /// Offsets at or above this are never stored (the pool size).
+    limit: u32,
+}
+
+impl<V> OffsetMap<V> {
+    fn new(limit: u32) -> Self {
+        Self { slots: Vec::new(), limit }
+    }
+
+    fn get(&self, offset: &u32) -> Option<&V> {
+        self.slots.get(usize::try_from(*offset).ok()?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, offset: &u32) -> Option<&mut V> {
+        self.slots.get_mut(usize::try_from(*offset).ok()?)?.as_mut()
+    }
+
+    fn contains_key(&self, offset: &u32) -> bool {
+        self.get(offset).is_some()
+    }
+
+    /// Stores `value` at `offset`, returning what was there. An offset outside the pool (every
+    /// caller checks before) is not stored.
+    fn insert(&mut self, offset: u32, value: V) -> Option<V> {
+        let index = usize::try_from(offset).ok().filter(|_| offset < self.limit)?;
+        if index >= self.slots.len() {
+            self.slots.resize_with(index + 1, || None);
+        }
+        self.slots.get_mut(index)?.replace(value)
+    }
+
+    fn remove(&mut self, offset: &u32) -> Option<V> {
+        self.slots.get_mut(usize::try_from(*offset).ok()?)?.take()
+    }
+
+    /// `(offset, value)` in offset order.
+    fn iter(&self) -> impl Iterator<Item = (u32, &V)> + '_ {
+        (0u32..).zip(&self.slots).filter_map(|(offset, slot)| Some((offset, slot.as_ref()?)))
+    }
+}
+
 /// One class's pool state.
 #[derive(Debug)]
 pub struct Pool {
     size: u32,
-    never: HashSet<u32>,
+    /// Sorted: a handful of offsets (network, gateway, broadcast), searched on every pick.
+    never: Vec<u32>,
     quarantine_secs: UnixSecs,
     binding: HashMap<MacAddr, u32>,
-    bound_mac: HashMap<u32, MacAddr>,
-    holds: HashMap<u32, Hold>,
+    bound_mac: OffsetMap<MacAddr>,
+    holds: OffsetMap<Hold>,
     held_by: HashMap<MacAddr, u32>,
-    quarantined: HashMap<u32, UnixSecs>,
+    quarantined: OffsetMap<UnixSecs>,
     quarantine_order: BTreeSet<(UnixSecs, u32)>,
     reusable: BTreeSet<u32>,
     next_fresh: u32,
+    /// Offsets whose quarantine the store may hold: quarantined here (the engine writes every
+    /// quarantine) or restored from the store, and not lifted there since. A quarantine ends in
+    /// memory without a write, so the store can hold one that no longer counts; a new lease of
+    /// an offset not in this set has nothing to lift there.
+    quarantine_on_record: HashSet<u32>,
 }
 
 impl Pool {
@@ -84,16 +138,22 @@ impl Pool {
     pub fn new(size: u32, never: impl IntoIterator<Item = u32>, quarantine_secs: UnixSecs) -> Self {
         Self {
             size,
-            never: never.into_iter().collect(),
+            never: {
+                let mut never: Vec<u32> = never.into_iter().collect();
+                never.sort_unstable();
+                never.dedup();
+                never
+            },
             quarantine_secs,
             binding: HashMap::new(),
-            bound_mac: HashMap::new(),
-            holds: HashMap::new(),
+            bound_mac: OffsetMap::new(size),
+            holds: OffsetMap::new(size),
             held_by: HashMap::new(),
-            quarantined: HashMap::new(),
+            quarantined: OffsetMap::new(size),
             quarantine_order: BTreeSet::new(),
             reusable: BTreeSet::new(),
             next_fresh: 0,
+            quarantine_on_record: HashSet::new(),
         }
     }
 
@@ -104,7 +164,7 @@ impl Pool {
 
     /// Is `offset` a leasable offset of this pool?
     pub fn is_leasable(&self, offset: u32) -> bool {
-        offset < self.size && !self.never.contains(&offset)
+        offset < self.size && self.never.binary_search(&offset).is_err()
     }
 
     /// The sticky binding of `mac`.
@@ -132,9 +192,25 @@ impl Pool {
         self.quarantined.get(&offset).copied()
     }
 
+    /// May the store hold a quarantine of `offset` (written or restored, not lifted since)?
+    pub fn quarantine_on_record(&self, offset: u32) -> bool {
+        self.quarantine_on_record.contains(&offset)
+    }
+
+    /// How many offsets [`quarantine_on_record`](Self::quarantine_on_record).
+    pub fn quarantines_on_record(&self) -> usize {
+        self.quarantine_on_record.len()
+    }
+
+    /// Notes that the store's quarantine of `offset` is being lifted; true when it may hold one
+    /// (otherwise lifting it would be a write with nothing to remove).
+    pub fn lift_quarantine_record(&mut self, offset: u32) -> bool {
+        self.quarantine_on_record.remove(&offset)
+    }
+
     /// Number of bound leases.
     pub fn bound_count(&self) -> usize {
-        self.holds.values().filter(|h| matches!(h, Hold::Bound { .. })).count()
+        self.holds.iter().filter(|(_, h)| matches!(h, Hold::Bound { .. })).count()
     }
 
     /// Could `mac` have `offset` now (free, or already its own)?
@@ -290,6 +366,7 @@ impl Pool {
     }
 
     fn quarantine(&mut self, offset: u32, until: UnixSecs) {
+        self.quarantine_on_record.insert(offset);
         self.reusable.remove(&offset);
         if let Some(old) = self.quarantined.insert(offset, until) {
             self.quarantine_order.remove(&(old, offset));
@@ -303,7 +380,7 @@ impl Pool {
             .holds
             .iter()
             .filter_map(|(offset, hold)| match hold {
-                Hold::Bound { mac, start, expiry, .. } if *expiry <= now => Some((*offset, *mac, *start)),
+                Hold::Bound { mac, start, expiry, .. } if *expiry <= now => Some((offset, *mac, *start)),
                 _ => None,
             })
             .collect();
@@ -336,7 +413,13 @@ impl Pool {
 
     /// Restores a quarantine from the store.
     pub fn restore_quarantine(&mut self, offset: u32, until: UnixSecs) {
-        if offset < self.size && !self.holds.contains_key(&offset) {
+        if offset >= self.size {
+            return;
+        }
+        if self.holds.contains_key(&offset) {
+            // Outdated (the address is leased) but still stored: the next new lease lifts it.
+            self.quarantine_on_record.insert(offset);
+        } else {
             self.quarantine(offset, until);
         }
     }
@@ -345,9 +428,9 @@ impl Pool {
     pub fn finish_restore(&mut self) {
         let free: Vec<u32> = self
             .bound_mac
-            .keys()
+            .iter()
+            .map(|(offset, _)| offset)
             .filter(|o| !self.holds.contains_key(o) && !self.quarantined.contains_key(o))
-            .copied()
             .collect();
         self.reusable.extend(free);
     }
@@ -363,6 +446,24 @@ mod tests {
 
     const BLOCK: PortBlock =
         PortBlock { public_ip: std::net::Ipv4Addr::new(198, 51, 100, 1), port_lo: 1024, port_hi: 2047 };
+
+    #[test]
+    fn offset_maps_grow_with_the_offsets_stored_and_never_past_the_pool() {
+        let mut map = OffsetMap::new(10);
+        assert_eq!(map.insert(3, 'a'), None);
+        assert_eq!(map.insert(3, 'b'), Some('a'));
+        assert_eq!(map.insert(0, 'c'), None);
+        assert_eq!(map.slots.len(), 4);
+        assert_eq!(map.insert(10, 'x'), None, "outside the pool");
+        assert_eq!(map.insert(u32::MAX, 'x'), None);
+        assert_eq!(map.slots.len(), 4, "nothing stored outside the pool");
+        assert_eq!((map.get(&3), map.get(&1), map.get(&10)), (Some(&'b'), None, None));
+        *map.get_mut(&0).unwrap() = 'd';
+        assert_eq!(map.iter().collect::<Vec<_>>(), [(0, &'d'), (3, &'b')]);
+        assert_eq!(map.remove(&3), Some('b'));
+        assert_eq!(map.remove(&3), None);
+        assert!(!map.contains_key(&3) && map.contains_key(&0));
+    }
 
     #[test]
     fn fresh_offsets_skip_the_never_list() {
@@ -424,6 +525,35 @@ mod tests {
         pool.bind(1, mac(2), 0, 200, None, BLOCK);
         pool.offer(2, mac(3), 50);
         assert_eq!(pool.expired(150), vec![(0, mac(1), 0)]);
+    }
+
+    #[test]
+    fn quarantines_on_record_are_those_written_or_restored_and_not_lifted() {
+        let mut pool = Pool::new(4, [], 600);
+        pool.bind(0, mac(1), 0, 3600, None, BLOCK);
+        assert!(!pool.quarantine_on_record(0), "a fresh offset was never quarantined");
+        assert!(!pool.lift_quarantine_record(0));
+        pool.unbind(0, 100);
+        // The quarantine ends in memory (another MAC may have the offset), but stays on record.
+        assert_eq!(pool.pick(mac(2), 800), Some(Pick { offset: 1 }));
+        pool.bind(1, mac(2), 800, 4400, None, BLOCK);
+        pool.bind(2, mac(3), 800, 4400, None, BLOCK);
+        pool.bind(3, mac(4), 800, 4400, None, BLOCK);
+        assert_eq!(pool.quarantined_until(0), Some(700));
+        assert_eq!(pool.pick(mac(5), 800), Some(Pick { offset: 0 }));
+        assert_eq!(pool.quarantined_until(0), None);
+        assert!(pool.quarantine_on_record(0));
+        assert!(pool.lift_quarantine_record(0));
+        assert!(!pool.lift_quarantine_record(0), "lifted once");
+
+        let mut restored = Pool::new(4, [], 600);
+        restored.restore_lease(1, mac(2), 0, 3600, None, BLOCK);
+        restored.restore_quarantine(1, 900);
+        restored.restore_quarantine(2, 900);
+        restored.finish_restore();
+        assert!(restored.quarantine_on_record(1), "outdated, yet stored");
+        assert!(restored.quarantine_on_record(2));
+        assert!(!restored.quarantine_on_record(3));
     }
 
     #[test]

@@ -463,6 +463,12 @@ impl Engine {
         }
     }
 
+    /// Counts a datagram the shell could not read whole (longer than its receive slot): it is
+    /// dropped as malformed, with no reply, like any datagram that does not decode.
+    pub fn refuse_oversized(&mut self, out: &mut Output) {
+        self.refuse(out, Disposition::Malformed, None, "datagram longer than the receive slot");
+    }
+
     /// Stage 1: a BOOTREQUEST with a well-formed message type and client options.
     fn parse_request<'a>(&mut self, msg: &'a Message, out: &mut Output) -> Option<Request<'a>> {
         if msg.op != BOOTREQUEST {
@@ -681,9 +687,9 @@ impl Engine {
         if !had_binding {
             out.writes.push(Write::PutBinding(Binding { class: class_name.clone(), mac, offset }));
         }
-        if renewal.is_none() {
-            // The store may still hold a quarantine that ended in memory; lifting a missing one
-            // is harmless.
+        if renewal.is_none() && self.pools[class].lift_quarantine_record(offset) {
+            // The store may still hold a quarantine that ended in memory. A never-quarantined
+            // offset (every new phone's, in a boot storm) has none: no write.
             out.writes.push(Write::RemoveQuarantine { class: class_name.clone(), offset });
         }
         out.writes.push(Write::PutLease(Lease {
@@ -1082,6 +1088,10 @@ tftp_root = "/tmp"
         assert!(out.writes.contains(&Write::PutBinding(Binding { class: class.name.clone(), mac: mac(1), offset })));
         assert!(out.writes.iter().any(|w| matches!(w, Write::PutLease(l) if l.offset == offset && l.expiry == 4600)));
         assert!(out.writes.iter().any(|w| matches!(w, Write::OpenHistory(h) if h.port_lo == block.port_lo)));
+        assert!(
+            !out.writes.iter().any(|w| matches!(w, Write::RemoveQuarantine { .. })),
+            "a never-quarantined address has no quarantine to lift"
+        );
         assert_eq!(
             out.effects,
             vec![Effect::Lease(LeaseEvent {
@@ -1602,11 +1612,30 @@ tftp_root = "/tmp"
         let mut now = 0;
         let mut holders: std::collections::HashMap<Ipv4Addr, MacAddr> = Default::default();
         let mut seen = Seen::new();
+        let store = MemoryStore::new();
         for action in actions {
             now += action.step;
             let mut out = engine.handle(now, &resolve(action, &seen));
             let swept = engine.sweep(now);
             out.effects.extend(swept.effects);
+            store.apply(&out.writes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            store.apply(&swept.writes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            // The store's quarantines are exactly those the engine has on record (so a new lease
+            // of any other offset has no quarantine to lift), and none is left on a leased address.
+            let snapshot = store.snapshot().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            for q in &snapshot.quarantine {
+                let class = engine.class_index(&q.class).ok_or_else(|| TestCaseError::fail("unknown class"))?;
+                prop_assert!(engine.pools[class].quarantine_on_record(q.offset), "stored quarantine not on record");
+                prop_assert!(
+                    !snapshot.leases.iter().any(|l| l.class == q.class && l.offset == q.offset),
+                    "a leased address is still quarantined in the store"
+                );
+            }
+            for (class, pool) in engine.pools.iter().enumerate() {
+                let on_record = pool.quarantines_on_record();
+                let stored = snapshot.quarantine.iter().filter(|q| q.class == config.classes[class].name).count();
+                prop_assert_eq!(on_record, stored, "quarantines on record that the store does not hold");
+            }
             for r in &out.replies {
                 let reply = Message::decode(&r.bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert!(r.bytes.len() >= wire::MIN_BOOTP_LEN);

@@ -1,7 +1,8 @@
 //! The DHCP server shell: the only part of this crate that does I/O.
 //!
-//! One blocking thread owns the [`Engine`]: it waits for a datagram, reads the clock, calls
-//! [`Engine::handle_into`] on it and on every datagram already queued behind it (up to 64), and
+//! One blocking thread owns the [`Engine`]: it waits for a datagram and reads it with every datagram
+//! already queued behind it (up to 64; one `recvmmsg(2)` on a UDP socket,
+//! [`Transport::recv_batch`]), reads the clock, calls [`Engine::handle_into`] on each, and
 //! dispatches the [`Output`]s of that wake-up as two batches. Replies that need no write
 //! (OFFER, NAK, INFORM ACK) go out at the end of the wake-up, together
 //! ([`Transport::send_batch`]: one `sendmmsg(2)` on a UDP socket). Replies whose lease must be
@@ -23,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dialtone_store::{GroupCommitter, GroupDone, UnixSecs};
+use nix::sys::socket::{MultiHeaders, SockaddrStorage};
 
 use crate::engine::{Counters, Effect, Engine, LeaseEvent, Output, Reply};
 
@@ -32,6 +34,28 @@ pub trait Transport: Send + Sync + 'static {
     fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>>;
     /// Receives one datagram already queued, without waiting; `Ok(None)` when none is.
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// Waits (up to the read timeout) for a datagram and reads it into `batch`, with those already
+    /// queued behind it, up to [`DRAIN`]; `batch` is left empty when the read timed out. An error
+    /// after the first datagram ends the batch (it is logged; the next wake-up reads on).
+    /// Transports that can read several datagrams in one system call override this.
+    fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+        batch.clear();
+        let Some(first) = self.recv(batch.next_slot())? else {
+            return Ok(());
+        };
+        batch.filled(first);
+        while batch.len() < DRAIN {
+            match self.try_recv(batch.next_slot()) {
+                Ok(Some(n)) => batch.filled(n),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dhcp: receive failed");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
     /// Sends `bytes` to `to`.
     fn send(&self, bytes: &[u8], to: SocketAddrV4) -> io::Result<()>;
     /// Sends every reply, in order, each to its address; a reply that cannot be sent is logged
@@ -42,6 +66,72 @@ pub trait Transport: Send + Sync + 'static {
                 tracing::warn!(error = %e, to = %reply.to, "dhcp: send failed");
             }
         }
+    }
+}
+
+/// Bytes of one datagram's slot in a [`RecvBatch`]. A client's DHCP message fits an Ethernet frame
+/// (RFC 2131 section 2: at least 576 bytes must be accepted; phones send 300 to 600); a longer one
+/// is not read whole and is dropped as malformed.
+pub const RECV_SLOT_BYTES: usize = 4096;
+
+/// The datagrams of one wake-up: [`DRAIN`] slots of [`RECV_SLOT_BYTES`], allocated once and reused.
+pub struct RecvBatch {
+    bytes: Vec<u8>,
+    /// Length of each datagram read, in slot order; `None` for one longer than its slot.
+    lengths: Vec<Option<usize>>,
+    /// `recvmmsg(2)`'s message headers (for [`UdpTransport`]), allocated once.
+    headers: MultiHeaders<SockaddrStorage>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch").field("lengths", &self.lengths).finish_non_exhaustive()
+    }
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self {
+            bytes: vec![0; DRAIN * RECV_SLOT_BYTES],
+            lengths: Vec::with_capacity(DRAIN),
+            headers: MultiHeaders::preallocate(DRAIN, None),
+        }
+    }
+}
+
+impl RecvBatch {
+    /// Forgets the datagrams read.
+    pub fn clear(&mut self) {
+        self.lengths.clear();
+    }
+
+    /// Datagrams read.
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// No datagram read?
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// The slot the next datagram goes to (empty when all [`DRAIN`] are full).
+    pub fn next_slot(&mut self) -> &mut [u8] {
+        let start = self.lengths.len() * RECV_SLOT_BYTES;
+        self.bytes.get_mut(start..start + RECV_SLOT_BYTES).unwrap_or_default()
+    }
+
+    /// Records that [`next_slot`](Self::next_slot) received a datagram of `len` bytes.
+    pub fn filled(&mut self, len: usize) {
+        self.lengths.push((len <= RECV_SLOT_BYTES).then_some(len));
+    }
+
+    /// The datagrams read, in order: `Some(bytes)`, or `None` for one too long for its slot.
+    pub fn datagrams(&self) -> impl Iterator<Item = Option<&[u8]>> + '_ {
+        self.lengths
+            .iter()
+            .zip(self.bytes.chunks_exact(RECV_SLOT_BYTES))
+            .map(|(len, slot)| len.and_then(|n| slot.get(..n)))
     }
 }
 
@@ -85,6 +175,30 @@ impl UdpTransport {
 }
 
 impl Transport for UdpTransport {
+    /// One `recvmmsg(2)` with `MSG_WAITFORONE`: it waits (up to the socket's read timeout) for the
+    /// first datagram, then takes what is queued without waiting — one system call per wake-up
+    /// instead of one per datagram and one more to find the queue empty.
+    fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+        use nix::sys::socket::{recvmmsg, MsgFlags};
+        use std::os::fd::AsRawFd;
+        batch.clear();
+        let RecvBatch { bytes, lengths, headers } = batch;
+        let mut slots = bytes.chunks_exact_mut(RECV_SLOT_BYTES);
+        let mut buffers: [[io::IoSliceMut<'_>; 1]; DRAIN] =
+            std::array::from_fn(|_| [io::IoSliceMut::new(slots.next().unwrap_or_default())]);
+        let flags = MsgFlags::MSG_WAITFORONE;
+        match recvmmsg(self.socket.as_raw_fd(), headers, buffers.iter_mut(), flags, None) {
+            Ok(received) => {
+                for message in received {
+                    let truncated = message.flags.contains(MsgFlags::MSG_TRUNC);
+                    lengths.push((!truncated && message.bytes <= RECV_SLOT_BYTES).then_some(message.bytes));
+                }
+                Ok(())
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
     fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         match self.socket.recv_from(buf) {
             Ok((n, _)) => Ok(Some(n)),
@@ -141,7 +255,7 @@ impl Transport for UdpTransport {
 /// Datagrams handled per wake-up at most: what is already queued after the first is read without
 /// waiting, and the writes of all of them go to the committer as one batch (one hand-off, one
 /// thread wake-up), instead of one per datagram.
-const DRAIN: usize = 64;
+pub const DRAIN: usize = 64;
 
 /// How long the thread lets datagrams gather after a wake-up that found more than one queued
 /// (the server is under load) before it reads again. Waking the thread is the dearest part of a
@@ -185,39 +299,30 @@ impl Server {
         let (thread_stop, thread_counters) = (Arc::clone(&stop), Arc::clone(&counters));
         let durable_out = Durable::new(&transport, &leases);
         let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
-            let mut buf = vec![0u8; 65_536];
+            let mut received = RecvBatch::default();
             let mut next_sweep = Instant::now() + sweep_every;
             // Reused every wake-up: one datagram's output, and what leaves without a write.
             let mut one = Output::default();
             let mut at_once = Output::default();
             while !thread_stop.load(Ordering::Relaxed) {
-                let received = transport.recv(&mut buf);
+                let result = transport.recv_batch(&mut received);
                 let now = clock();
-                let mut handled = 0;
-                match received {
-                    Ok(Some(first)) => {
+                let handled = received.len();
+                match result {
+                    Ok(()) if handled > 0 => {
                         let mut batch = Output::default();
-                        let mut next = Some(first);
-                        while let Some(n) = next {
-                            engine.handle_into(now, buf.get(..n).unwrap_or(&[]), &mut one);
-                            sort(&mut one, &mut at_once, &mut batch);
-                            handled += 1;
-                            if handled == DRAIN {
-                                break;
+                        for datagram in received.datagrams() {
+                            match datagram {
+                                Some(bytes) => engine.handle_into(now, bytes, &mut one),
+                                None => engine.refuse_oversized(&mut one),
                             }
-                            next = match transport.try_recv(&mut buf) {
-                                Ok(next) => next,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "dhcp: receive failed");
-                                    None
-                                }
-                            };
+                            sort(&mut one, &mut at_once, &mut batch);
                         }
                         deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
                         at_once.replies.clear();
                         durable_out.dispatch(batch, &committer);
                     }
-                    Ok(None) => {}
+                    Ok(()) => {}
                     Err(e) => tracing::warn!(error = %e, "dhcp: receive failed"),
                 }
                 if Instant::now() >= next_sweep {
@@ -668,6 +773,43 @@ mod tests {
         server.send(b"world", back).unwrap();
         let (n, _) = client.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"world");
+    }
+
+    #[test]
+    fn udp_recv_batch_reads_what_is_queued_in_one_call_and_marks_oversized_datagrams() {
+        let server =
+            UdpTransport::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), None, Duration::from_millis(50)).unwrap();
+        let std::net::SocketAddr::V4(addr) = server.local_addr().unwrap() else { panic!("IPv4 bound") };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = RecvBatch::default();
+        server.recv_batch(&mut batch).unwrap();
+        assert!(batch.is_empty(), "a timed-out read leaves the batch empty");
+
+        client.send_to(&[1; 300], addr).unwrap();
+        client.send_to(&[2; RECV_SLOT_BYTES + 1], addr).unwrap();
+        client.send_to(&[3; RECV_SLOT_BYTES], addr).unwrap();
+        server.recv_batch(&mut batch).unwrap();
+        let got: Vec<Option<(usize, u8)>> = batch.datagrams().map(|d| d.map(|b| (b.len(), b[0]))).collect();
+        assert_eq!(got, [Some((300, 1)), None, Some((RECV_SLOT_BYTES, 3))]);
+
+        // More than one batch's worth queued: DRAIN now, the rest at the next read, in order.
+        for n in 0..DRAIN + 6 {
+            client.send_to(&[n as u8; 20], addr).unwrap();
+        }
+        server.recv_batch(&mut batch).unwrap();
+        assert_eq!(batch.len(), DRAIN);
+        server.recv_batch(&mut batch).unwrap();
+        let rest: Vec<u8> = batch.datagrams().map(|d| d.unwrap()[0]).collect();
+        assert_eq!(rest, (DRAIN as u8..DRAIN as u8 + 6).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_oversized_datagram_is_counted_as_malformed_and_answered_by_nothing() {
+        let mut engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
+        let mut out = Output::default();
+        engine.refuse_oversized(&mut out);
+        assert_eq!(engine.counters().get(crate::engine::Disposition::Malformed), 1);
+        assert!(out.replies.is_empty() && out.writes.is_empty());
     }
 
     #[test]
