@@ -1,11 +1,11 @@
-#!/usr/bin/python3
-"""Prints the NAPI kthreads of network interfaces: one "<interface> <napi id> <pid>" line per
-NAPI instance that runs in its own thread (threaded NAPI), from the kernel's netdev generic
-netlink family (NETDEV_CMD_NAPI_GET, Linux 6.9 and later). Run it in the interfaces' network
-namespace. A thread's name (napi/<interface>-<id>) is not unique across namespaces; its pid
-from this query is.
+#!/usr/bin/env python3
+"""Print the NAPI threads of network interfaces: one "IFACE NAPI_ID PID" line per NAPI instance
+that runs in its own kernel thread (threaded NAPI), from the kernel's netdev generic netlink
+family (napi-get, Linux 6.9 and later). Run it in the interfaces' network namespace. A thread's
+name (napi/IFACE-NAPI_ID) does not tell one namespace's lan0 from another's; the pid from this
+query does. Used by perf/dataplane.sh to pin veth's NAPI threads.
 
-Usage: napi_threads.py IFACE...
+usage: napi_threads.py IFACE...
 """
 import os
 import socket
@@ -21,6 +21,7 @@ GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID = 1
 CTRL_ATTR_FAMILY_NAME = 2
+# include/uapi/linux/netdev.h (stable uapi numbers)
 NETDEV_CMD_NAPI_GET = 11
 NETDEV_A_NAPI_IFINDEX = 1
 NETDEV_A_NAPI_ID = 2
