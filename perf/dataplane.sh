@@ -9,18 +9,20 @@
 #              on CPU 1 (taskset and config cpus = [1])
 # With XDP attached (dialtone, forwarder), veth receives through NAPI, which by default runs in
 # softirq on the sending CPU (the generator's CPU 0): the gateway's XDP program and the copy into
-# the UMEM would load the generator's core and cap what it offers (about 0.4-0.5 Mpps). So for
-# the XDP gateways the script turns on threaded NAPI on lan0 and wan0 (/sys/class/net/<dev>/
-# threaded) once the gateway has attached its program, and pins the NAPI threads (napi/<dev>-<id>,
-# found with perf/napi_threads.py) to CPU 1, SCHED_FIFO priority 50: every gateway's receive work
-# then runs on CPU 1, ahead of the gateway's own threads, as nftables' does in softirq with RPS.
-# (At the gateway's nice instead, the NAPI thread waits behind the busy-polling worker and veth's
-# 256-frame ring overflows: 8% loss at 100,000 frames/s on a busy machine.) --napi-flush US makes
-# veth's NAPI poll every US µs while traffic flows instead of being woken per burst
-# (napi_defer_hard_irqs and gro_flush_timeout, like a NIC's interrupt coalescing): fewer thread
-# wake-ups, more latency. --napi softirq keeps veth's default (receive work on CPU 0).
+# the UMEM load the generator's core, which then offers at most about 0.4-0.5 Mpps through them,
+# while RPS moves nftables' receive work to CPU 1. --napi threaded moves the XDP gateways'
+# receive work to CPU 1 as well: threaded NAPI on lan0 and wan0 (/sys/class/net/<dev>/threaded,
+# set once the gateway has attached its program), the NAPI threads (napi/<dev>-<id>, found with
+# perf/napi_threads.py) pinned to CPU 1 at SCHED_FIFO 50, so that they preempt the busy-polling
+# worker as softirq would (at the gateway's nice, veth's 256-frame ring overflowed behind the
+# worker: 8% loss at 100,000 frames/s). It works (CPU 0's softirq time fell from about 85% to
+# 15%, the generator offered 1.3 Mpps), but on this machine, a 2-vCPU guest where every thread
+# wake-up and context switch costs tens of µs, it halved the XDP gateways' best rate (dialtone
+# 375,000 -> 175,000 frames/s, p50 26 -> 55 µs, 2026-12-01): softirq stays the default.
 # The far end's receive processing (the receiver's) is steered to CPU 0 by RPS on P-net's eth0.
 # Each step prints the CPU time of both cores (busy and softirq, from /proc/stat).
+# The gateway, generator and receiver run at nice -10: the machine's cores are shared with other
+# work (builds), which must not take the measured processes' cores half of the time.
 # Phones lease from dialtone's DHCP (dialtone-gen lease). dialtone-gen sends from P-phones over
 # AF_XDP and dialtone-recv receives in P-net on a TPACKET_V3 ring, both pinned to CPU 0 (taskset
 # and --cpu 0); the receiver checks every translation (none for the forwarder, which translates
@@ -35,7 +37,7 @@
 # Environment: FRAMES_PER_WORKER (default 16384) sets the gateways' dataplane.frames_per_worker.
 # Usage: perf/dataplane.sh [--prefix P] [--phones N] [--flows K] [--period S] [--runs N]
 #                          [--gateways "dialtone nftables forwarder"] [--rates "R1 R2 ..."]
-#                          [--napi threaded|softirq] [--napi-flush US]
+#                          [--napi softirq|threaded]
 # Needs root, scripts/setup.sh's packages (nftables, jq), cargo.
 set -euo pipefail
 
@@ -46,8 +48,7 @@ period=4
 runs=3
 gateways="dialtone nftables forwarder"
 rates="25000 50000 100000 150000 200000 300000 400000 600000 800000 1000000 1500000 2000000"
-napi=threaded
-napi_flush=0
+napi=softirq
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
@@ -58,12 +59,10 @@ while [ $# -gt 0 ]; do
     --gateways) gateways=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
     --napi) napi=$2; shift 2 ;;
-    --napi-flush) napi_flush=$2; shift 2 ;;
-    *) sed -n '2,39p' "$0"; exit 2 ;;
+    *) sed -n '2,41p' "$0"; exit 2 ;;
   esac
 done
-case $napi in threaded|softirq) ;; *) echo "--napi threaded|softirq" >&2; exit 2 ;; esac
-case $napi_flush in ''|*[!0-9]*) echo "--napi-flush takes microseconds" >&2; exit 2 ;; esac
+case $napi in softirq|threaded) ;; *) echo "--napi softirq|threaded" >&2; exit 2 ;; esac
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/dialtone-perf-dataplane.XXXXXX)
@@ -195,37 +194,29 @@ stop_gateway() {
   [ -n "$gateway_pid" ] && { kill "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; }
   gateway_pid=
 }
-# XDP gateways: veth's receive work (the XDP program, the copy into the UMEM) in NAPI threads on
-# CPU 1 instead of softirq on the sending CPU. veth has NAPI instances only while an XDP program
-# is attached (before, the sysfs write fails with EOPNOTSUPP), and makes new ones, with new
-# threads, at every attach: so this runs after each start of an XDP gateway, and
-# napi_threads_off before its stop, while the instances still exist (threaded = 1 would
-# otherwise stay set on the device). The threads' pids come from the kernel (napi_threads.py):
-# their names alone (napi/lan0-<id>) do not tell one namespace's lan0 from another's.
+# --napi threaded: veth's receive work for the XDP gateways (the XDP program, the copy into the
+# UMEM) in NAPI threads on CPU 1 instead of softirq on the sending CPU. veth has NAPI instances
+# only while an XDP program is attached (before, the sysfs write fails with EOPNOTSUPP), and
+# makes new ones, with new threads, at every attach: so this runs after each start of an XDP
+# gateway, and napi_threads_off before its stop, while the instances still exist (threaded = 1
+# would otherwise stay set on the device). The threads' pids come from the kernel
+# (napi_threads.py): their names alone (napi/lan0-<id>) do not tell one namespace's lan0 from
+# another's.
 napi_threads_on() {
   [ "$napi" = threaded ] || return 0
-  local dev id pid n=0 defer=0
-  [ "$napi_flush" -gt 0 ] && defer=10
-  for dev in lan0 wan0; do
-    ip netns exec "$gwns" sh -c "echo $defer > /sys/class/net/$dev/napi_defer_hard_irqs
-      echo $((napi_flush * 1000)) > /sys/class/net/$dev/gro_flush_timeout
-      echo 1 > /sys/class/net/$dev/threaded"
-  done
+  local dev id pid n=0
+  for dev in lan0 wan0; do ip netns exec "$gwns" sh -c "echo 1 > /sys/class/net/$dev/threaded"; done
   while read -r dev id pid; do
     taskset -p -c 1 "$pid" >/dev/null
     chrt -f -p 50 "$pid"
     n=$((n + 1))
   done < <(ip netns exec "$gwns" /usr/bin/python3 "$repo/perf/napi_threads.py" lan0 wan0)
   [ "$n" -gt 0 ] || { echo "no NAPI threads on lan0/wan0 after threaded = 1" >&2; exit 1; }
-  echo "  $n NAPI threads of lan0/wan0 on CPU 1, SCHED_FIFO 50$([ "$napi_flush" -gt 0 ] && echo ", polled every $napi_flush µs")" >&2
+  echo "  $n NAPI threads of lan0/wan0 on CPU 1, SCHED_FIFO 50" >&2
 }
 napi_threads_off() {
   [ "$napi" = threaded ] || return 0
-  ip netns exec "$gwns" sh -c 'for d in lan0 wan0; do
-      echo 0 > /sys/class/net/$d/threaded
-      echo 0 > /sys/class/net/$d/napi_defer_hard_irqs
-      echo 0 > /sys/class/net/$d/gro_flush_timeout
-    done' 2>/dev/null || true
+  ip netns exec "$gwns" sh -c 'for d in lan0 wan0; do echo 0 > /sys/class/net/$d/threaded; done' 2>/dev/null || true
 }
 
 lease_phones() {
@@ -427,7 +418,7 @@ echo "nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 
 echo "load average at the end: $(cut -d" " -f1-3 /proc/loadavg) (other processes share these cores)"
 echo "$phones phones x $flows ports, 64-byte frames, $period s per step, $runs runs; latency at $half pps (half of the first gateway's best)"
 if [ "$napi" = threaded ]; then
-  echo "XDP gateways' veth receive: threaded NAPI on CPU 1 (SCHED_FIFO 50)$([ "$napi_flush" -gt 0 ] && echo ", polled every $napi_flush µs")"
+  echo "XDP gateways' veth receive: threaded NAPI on CPU 1 (SCHED_FIFO 50)"
 else
   echo "XDP gateways' veth receive: softirq on the sending CPU (CPU 0)"
 fi
