@@ -7,8 +7,20 @@
 #              preserved; the gateway's receive processing steered to CPU 1 with RPS on lan0
 #   forwarder  `dialtone-xdp-forward` (plain AF_XDP forwarding, MAC rewrite only: the I/O ceiling)
 #              on CPU 1 (taskset and config cpus = [1])
-# With XDP attached (dialtone, forwarder), veth's NAPI receive (the XDP program and the copy into
-# the UMEM) runs in softirq on the sending CPU, as veth does; the workers run on CPU 1.
+# With XDP attached (dialtone, forwarder), veth receives through NAPI, which by default runs in
+# softirq on the sending CPU (the generator's CPU 0): the gateway's XDP program and the copy into
+# the UMEM load the generator's core, which then offers at most about 0.4-0.5 Mpps through them,
+# while RPS moves nftables' receive work to CPU 1. --napi threaded moves the XDP gateways'
+# receive work to CPU 1 as well: threaded NAPI on lan0 and wan0 (/sys/class/net/<dev>/threaded,
+# set once the gateway has attached its program), the NAPI threads (napi/<dev>-<id>, found with
+# perf/napi_threads.py) pinned to CPU 1 at SCHED_FIFO 50, so that they preempt the busy-polling
+# worker as softirq would (at the gateway's nice, veth's 256-frame ring overflowed behind the
+# worker: 8% loss at 100,000 frames/s). It works (CPU 0's softirq time fell from about 85% to
+# 15%, the generator offered 1.3 Mpps), but on this machine, a 2-vCPU guest where every thread
+# wake-up and context switch costs tens of µs, it halved the XDP gateways' best rate (dialtone
+# 375,000 -> 175,000 frames/s, p50 26 -> 55 µs, 2026-12-01): softirq stays the default.
+# The far end's receive processing (the receiver's) is steered to CPU 0 by RPS on P-net's eth0.
+# Each step prints the CPU time of both cores (busy and softirq, from /proc/stat).
 # The gateway, generator and receiver run at nice -10: the machine's cores are shared with other
 # work (builds), which must not take the measured processes' cores half of the time.
 # Phones lease from dialtone's DHCP (dialtone-gen lease). dialtone-gen sends from P-phones over
@@ -25,6 +37,7 @@
 # Environment: FRAMES_PER_WORKER (default 16384) sets the gateways' dataplane.frames_per_worker.
 # Usage: perf/dataplane.sh [--prefix P] [--phones N] [--flows K] [--period S] [--runs N]
 #                          [--gateways "dialtone nftables forwarder"] [--rates "R1 R2 ..."]
+#                          [--napi softirq|threaded]
 # Needs root, scripts/setup.sh's packages (nftables, jq), cargo.
 set -euo pipefail
 
@@ -35,6 +48,7 @@ period=4
 runs=3
 gateways="dialtone nftables forwarder"
 rates="25000 50000 100000 150000 200000 300000 400000 600000 800000 1000000 1500000 2000000"
+napi=softirq
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix=$2; shift 2 ;;
@@ -44,9 +58,11 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift 2 ;;
     --gateways) gateways=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
-    *) sed -n '2,27p' "$0"; exit 2 ;;
+    --napi) napi=$2; shift 2 ;;
+    *) sed -n '2,41p' "$0"; exit 2 ;;
   esac
 done
+case $napi in softirq|threaded) ;; *) echo "--napi softirq|threaded" >&2; exit 2 ;; esac
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/dialtone-perf-dataplane.XXXXXX)
@@ -54,16 +70,27 @@ gwns=$prefix-gw
 phns=$prefix-phones
 netns=$prefix-net
 gateway_pid=
-# The generator and receiver run at nice -10 on CPU 0, where veth also runs the gateway's receive
-# softirq (and, with XDP attached, the XDP program and the copy into the UMEM). Softirq work that
-# overflows its budget moves to ksoftirqd, which at nice 0 would wait behind the generator for
-# milliseconds: for the run, ksoftirqd gets the same nice -10, and its own nice back at exit.
+# The generator and receiver run at nice -10 on CPU 0, where the receiver's softirq runs too (and,
+# with --napi softirq, the XDP gateways' veth receive). Softirq work that overflows its budget
+# moves to ksoftirqd, which at nice 0 would wait behind the generator for milliseconds: for the
+# run, ksoftirqd gets the same nice -10, and its own nice back at exit.
 declare -A softirqd_nice
 for pid in $(pgrep -x 'ksoftirqd/[0-9]+'); do
   softirqd_nice[$pid]=$(ps -o ni= -p "$pid" | tr -d ' ')
   renice -n -10 -p "$pid" >/dev/null
 done
+# With autogroup scheduling (kernel.sched_autogroup_enabled = 1), the scheduler first shares a
+# core between sessions, and nice counts only inside a session: the nice -10 would not keep
+# another session's build off the measured cores. For the run, the script's session gets nice -10
+# as well (/proc/PID/autogroup), and its own back at exit.
+autogroup_nice=
+if [ -w /proc/$$/autogroup ]; then
+  autogroup_nice=$(awk '{ print $NF }' /proc/$$/autogroup)
+  echo -10 >/proc/$$/autogroup
+fi
 cleanup() {
+  napi_threads_off
+  [ -n "$autogroup_nice" ] && echo "$autogroup_nice" >/proc/$$/autogroup
   for pid in "${!softirqd_nice[@]}"; do renice -n "${softirqd_nice[$pid]}" -p "$pid" >/dev/null 2>&1 || true; done
   [ -n "$gateway_pid" ] && kill "$gateway_pid" 2>/dev/null && wait "$gateway_pid" 2>/dev/null
   "$repo/scripts/lab.sh" down --prefix "$prefix" >/dev/null 2>&1 || true
@@ -159,11 +186,39 @@ start_dialtone() { # $1 = true|false
   gateway_pid=$!
   wait_dhcp
   sleep 0.5
+  [ "$1" = true ] && napi_threads_on
+  return 0
 }
 stop_gateway() {
+  napi_threads_off
   [ -n "$gateway_pid" ] && { kill "$gateway_pid" 2>/dev/null || true; wait "$gateway_pid" 2>/dev/null || true; }
   gateway_pid=
 }
+# --napi threaded: veth's receive work for the XDP gateways (the XDP program, the copy into the
+# UMEM) in NAPI threads on CPU 1 instead of softirq on the sending CPU. veth has NAPI instances
+# only while an XDP program is attached (before, the sysfs write fails with EOPNOTSUPP), and
+# makes new ones, with new threads, at every attach: so this runs after each start of an XDP
+# gateway, and napi_threads_off before its stop, while the instances still exist (threaded = 1
+# would otherwise stay set on the device). The threads' pids come from the kernel
+# (napi_threads.py): their names alone (napi/lan0-<id>) do not tell one namespace's lan0 from
+# another's.
+napi_threads_on() {
+  [ "$napi" = threaded ] || return 0
+  local dev id pid n=0
+  for dev in lan0 wan0; do ip netns exec "$gwns" sh -c "echo 1 > /sys/class/net/$dev/threaded"; done
+  while read -r dev id pid; do
+    taskset -p -c 1 "$pid" >/dev/null
+    chrt -f -p 50 "$pid"
+    n=$((n + 1))
+  done < <(ip netns exec "$gwns" /usr/bin/python3 "$repo/perf/napi_threads.py" lan0 wan0)
+  [ "$n" -gt 0 ] || { echo "no NAPI threads on lan0/wan0 after threaded = 1" >&2; exit 1; }
+  echo "  $n NAPI threads of lan0/wan0 on CPU 1, SCHED_FIFO 50" >&2
+}
+napi_threads_off() {
+  [ "$napi" = threaded ] || return 0
+  ip netns exec "$gwns" sh -c 'for d in lan0 wan0; do echo 0 > /sys/class/net/$d/threaded; done' 2>/dev/null || true
+}
+
 lease_phones() {
   ip netns exec "$phns" taskset -c 0 "$bin/dialtone-gen" lease --config "$work/dialtone.toml" --interface eth0 \
     --vendor-class dialtone-bench --phones "$phones" --out "$work/leases.json" >"$work/lease.json"
@@ -203,6 +258,7 @@ start_forwarder() {
   gateway_pid=$!
   sleep 2
   kill -0 "$gateway_pid" 2>/dev/null || { echo "dialtone-xdp-forward exited:" >&2; cat "$work/gateway.log" >&2; exit 1; }
+  napi_threads_on
 }
 
 # Where frames were dropped outside the gateway's own counters: veth drops on each of the four
@@ -223,6 +279,20 @@ drop_counters() {
   echo "$a $b $c $d $e $(awk '/^dialtone_dataplane_socket_drops_total.*rx_ring_full/ { r += $NF }
       /^dialtone_dataplane_socket_drops_total.*fill_ring_empty/ { f += $NF } END { print r + 0, f + 0 }' <<<"$m")"
 }
+# CPU time of CPU 0 and 1 from /proc/stat (user nice system idle iowait irq softirq steal).
+cpu_times() { awk '$1 == "cpu0" || $1 == "cpu1" { printf "%s %s %s %s %s %s %s %s ", $2, $3, $4, $5, $6, $7, $8, $9 }' /proc/stat; }
+cpu_delta() { # before, after: "cpu0 busy B% (softirq S%), cpu1 ..." over the interval
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " ")
+    for (c = 0; c < 2; c++) {
+      t = 0; for (i = 1; i <= 8; i++) t += y[c * 8 + i] - x[c * 8 + i]
+      idle = y[c * 8 + 4] - x[c * 8 + 4] + y[c * 8 + 5] - x[c * 8 + 5]
+      si = y[c * 8 + 7] - x[c * 8 + 7]; st = y[c * 8 + 8] - x[c * 8 + 8]
+      if (t <= 0) t = 1
+      printf "%scpu%d busy %.0f%% (softirq %.0f%%, steal %.0f%%)", (c ? ", " : ""), c, (t - idle) * 100 / t, si * 100 / t, st * 100 / t
+    }
+  }'
+}
 drop_delta() { # before, after
   local -a x=($1) y=($2)
   echo "veth drops phones.eth0 tx $((y[0] - x[0])), gw.lan0 rx $((y[1] - x[1])), gw.wan0 tx $((y[2] - x[2])), net.eth0 rx $((y[3] - x[3])); backlog drops $((y[4] - x[4])); dialtone sockets rx ring full $((y[5] - x[5])), fill ring empty $((y[6] - x[6]))"
@@ -237,12 +307,15 @@ step() { # $1 = rate, $2 = check|nocheck
     --idle 1 --duration $((period + 15)) --ready-file "$ready" "${check[@]}" >"$work/recv.json" &
   local recv_pid=$!
   for _ in $(seq 100); do [ -f "$ready" ] && break; sleep 0.05; done
-  local before
+  local before cpu_before cpu_after
   before=$(drop_counters)
+  cpu_before=$(cpu_times)
   ip netns exec "$phns" nice -n -10 "$bin/dialtone-gen" send --config "$work/dialtone.toml" --interface eth0 \
     --leases "$work/leases.json" --rate "$rate" --duration "$period" --cpu 0 --flows "$flows" >"$work/send.json"
+  cpu_after=$(cpu_times)
   wait "$recv_pid"
   echo "    $(drop_delta "$before" "$(drop_counters)"); receiver ring drops $(jq -r '.ring_drops // "n/a"' "$work/recv.json")" >&2
+  echo "    while sending: $(cpu_delta "$cpu_before" "$cpu_after")" >&2
   jq -r --slurpfile r "$work/recv.json" '
     .send as $s | $r[0] as $r |
     [$s.sent, $r.received, ($s.achieved_pps | floor),
@@ -344,6 +417,11 @@ echo
 echo "nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), $(date -u +%FT%TZ)"
 echo "load average at the end: $(cut -d" " -f1-3 /proc/loadavg) (other processes share these cores)"
 echo "$phones phones x $flows ports, 64-byte frames, $period s per step, $runs runs; latency at $half pps (half of the first gateway's best)"
+if [ "$napi" = threaded ]; then
+  echo "XDP gateways' veth receive: threaded NAPI on CPU 1 (SCHED_FIFO 50)"
+else
+  echo "XDP gateways' veth receive: softirq on the sending CPU (CPU 0)"
+fi
 for g in $gateways; do echo "per run $g:${runs_info[$g]}; mistranslated in all latency runs: ${mis[$g]}"; done
 for g in $gateways; do echo "generator at its maximum through $g, per run (pps sent @ loss):${maxinfo[$g]}"; done
 echo
