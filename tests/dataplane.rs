@@ -119,10 +119,13 @@ struct Fixture {
     scratch: Scratch,
     config: dialtone_config::Config,
     gw: Option<Gateway>,
+    /// Last, so it is released after the gateway and the lab are gone.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Fixture {
     fn new(tag: &str) -> Self {
+        let alone = common::one_dataplane_at_a_time();
         let lab = Lab::up(tag);
         let scratch = Scratch::new(tag);
         let path = scratch.lab_config();
@@ -136,7 +139,7 @@ impl Fixture {
         gw.wait_for_log("dialtone running", Duration::from_secs(30));
         assert!(gw.log_text().contains("dataplane started"), "{}", gw.log_text());
         gw.wait_for_log("next hop resolved", Duration::from_secs(10));
-        Fixture { lab, scratch, config, gw: Some(gw) }
+        Fixture { lab, scratch, config, gw: Some(gw), _alone: alone }
     }
 
     fn path(&self, name: &str) -> PathBuf {

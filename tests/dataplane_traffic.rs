@@ -37,6 +37,7 @@ fn generic_xdp_translates_both_directions_too() {
 /// The whole check with `dataplane.xdp_mode = xdp_mode`; the program must be attached in
 /// `attached` mode.
 fn both_directions(tag: &str, xdp_mode: &str, attached: &str) {
+    let _alone = common::one_dataplane_at_a_time();
     let lab = Lab::up(tag);
     let scratch = Scratch::new(&format!("dptraffic-{xdp_mode}"));
     let (config_path, config) = write_bench_config_xdp(&scratch.0, xdp_mode);

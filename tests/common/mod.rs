@@ -212,3 +212,11 @@ impl Drop for Gateway {
         let _ = self.child.wait();
     }
 }
+
+/// Held by a test while its gateway runs the dataplane: each runs a busy-polling worker on CPU 1
+/// (the lab configurations' `dataplane.cpus`), so two at once in one test binary (the harness
+/// runs a binary's tests in parallel) would halve each other's core and drop frames.
+pub fn one_dataplane_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static DATAPLANE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DATAPLANE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
