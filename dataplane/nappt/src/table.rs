@@ -188,21 +188,20 @@ impl PoolMap {
         if pools.is_empty() || pools.len() >= usize::from(Self::NONE) {
             return None;
         }
-        let shift = pools.iter().map(|&(_, prefix)| 32 - u32::from(prefix.clamp(1, 32))).min()?;
+        // Each pool as (first address, log2 of its size).
+        let pools: Vec<(u32, u32)> =
+            pools.iter().map(|&(network, prefix)| (network, 32 - u32::from(prefix.clamp(1, 32)))).collect();
+        let shift = pools.iter().map(|&(_, bits)| bits).min()?;
         let base = pools.iter().map(|&(network, _)| network).min()?;
-        let end = pools
-            .iter()
-            .map(|&(network, prefix)| u64::from(network) + (1u64 << (32 - u32::from(prefix.clamp(1, 32)))))
-            .max()?;
+        let end = pools.iter().map(|&(network, bits)| u64::from(network) + (1u64 << bits)).max()?;
         let count = (end - u64::from(base)) >> shift;
         if count > Self::MAX_SLOTS {
             return None;
         }
         let mut slots = vec![Self::NONE; usize::try_from(count).ok()?];
-        for (class, &(network, prefix)) in pools.iter().enumerate() {
+        for (class, &(network, bits)) in pools.iter().enumerate() {
             let first = ((network - base) >> shift) as usize;
-            let blocks = 1usize << (32 - u32::from(prefix.clamp(1, 32)) - shift);
-            slots[first..first + blocks].fill(u16::try_from(class).ok()?);
+            slots[first..first + (1usize << (bits - shift))].fill(u16::try_from(class).ok()?);
         }
         Some(Self { base, shift, slots })
     }

@@ -255,8 +255,8 @@ impl OwnInterfaces {
     /// Reads both MACs again; when either changed (an operator set a new one, a bond failed
     /// over), returns the update that gives the workers both, and remembers them.
     fn changed(&mut self) -> Option<Update> {
-        let lan = crate::netdev::current_mac(&self.lan.0)?;
-        let wan = crate::netdev::current_mac(&self.wan.0)?;
+        let lan = crate::netdev::current_mac(&self.lan.0).ok()?;
+        let wan = crate::netdev::current_mac(&self.wan.0).ok()?;
         if (lan, wan) == (self.lan.1, self.wan.1) {
             return None;
         }

@@ -29,8 +29,7 @@ impl Interface {
         let read = |file: &str| std::fs::read_to_string(dir.join(file)).map(|s| s.trim().to_owned());
         let ifindex =
             read("ifindex").map_err(|e| fail("no such interface", &e))?.parse().map_err(|e| fail("ifindex", &e))?;
-        let mac =
-            read("address").map_err(|e| fail("address", &e))?.parse::<MacAddr>().map_err(|e| fail("address", &e))?;
+        let mac = current_mac(name).map_err(|e| fail("address", &e))?;
         let rx_queues = std::fs::read_dir(dir.join("queues"))
             .map_err(|e| fail("queues", &e))?
             .filter_map(Result::ok)
@@ -41,9 +40,11 @@ impl Interface {
     }
 }
 
-/// The current MAC of interface `name` (as [`Interface::lookup`] reads it), if readable.
-pub fn current_mac(name: &str) -> Option<MacAddr> {
-    std::fs::read_to_string(PathBuf::from("/sys/class/net").join(name).join("address")).ok()?.trim().parse().ok()
+/// The current MAC of interface `name`, from sysfs.
+pub fn current_mac(name: &str) -> Result<MacAddr, String> {
+    let text = std::fs::read_to_string(PathBuf::from("/sys/class/net").join(name).join("address"))
+        .map_err(|e| e.to_string())?;
+    text.trim().parse::<MacAddr>().map_err(|e| e.to_string())
 }
 
 /// The queues worker `worker` of `workers` owns on an interface with `queues` receive queues:
