@@ -8,6 +8,8 @@
 
 use dialtone_config::{MacAddr, PhoneClass};
 
+use crate::entries::EntryTable;
+
 /// Number of remapped echo identifiers one phone can have outstanding (RFC 5508 REQ-7 allows a
 /// translator to remap identifiers; three concurrent out-of-block pings per phone is plenty for
 /// a desk phone, and a fourth replaces the oldest).
@@ -72,6 +74,20 @@ impl PhoneEntry {
     #[inline(always)]
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    /// The entry from its 8 bytes, laid out as drawn above.
+    #[inline(always)]
+    pub fn from_bytes(bytes: [u8; 8]) -> Self {
+        let [m0, m1, m2, m3, m4, m5, flags, reserved] = bytes;
+        Self { mac: [m0, m1, m2, m3, m4, m5], flags, reserved }
+    }
+
+    /// The entry's 8 bytes, laid out as drawn above.
+    #[inline(always)]
+    pub fn to_bytes(self) -> [u8; 8] {
+        let [m0, m1, m2, m3, m4, m5] = self.mac;
+        [m0, m1, m2, m3, m4, m5, self.flags, self.reserved]
     }
 }
 
@@ -238,8 +254,8 @@ pub struct ClassTable {
     pub(crate) blocks_per_address: u32,
     /// Reciprocal of `blocks_per_address`.
     pub(crate) per_address: Divisor,
-    /// One entry per offset.
-    pub(crate) entries: Vec<PhoneEntry>,
+    /// One entry per offset, in huge pages when large ([`EntryTable`]).
+    pub(crate) entries: EntryTable,
     /// One echo reverse table per offset.
     pub(crate) echo: Vec<EchoSlots>,
 }
@@ -258,7 +274,7 @@ impl ClassTable {
             ports_per_phone: u16::try_from(plan.ports_per_phone).unwrap_or(u16::MAX),
             blocks_per_address: plan.blocks_per_address,
             per_address: Divisor::new(plan.blocks_per_address),
-            entries: vec![PhoneEntry::default(); plan.phones as usize],
+            entries: EntryTable::new(plan.phones as usize),
             echo: vec![EchoSlots::default(); plan.phones as usize],
         }
     }
@@ -303,10 +319,10 @@ impl ClassTable {
         self.lan_base + offset
     }
 
-    /// The entry at `offset` (< phones).
+    /// The entry at `offset`; not leased past the end.
     #[inline(always)]
-    pub fn entry(&self, offset: u32) -> &PhoneEntry {
-        &self.entries[offset as usize]
+    pub fn entry(&self, offset: u32) -> PhoneEntry {
+        self.entries.get(offset as usize).unwrap_or_default()
     }
 
     /// The echo reverse table at `offset` (< phones).
@@ -327,12 +343,12 @@ impl ClassTable {
     }
 
     pub(crate) fn lease_up(&mut self, offset: u32, mac: MacAddr) {
-        self.entries[offset as usize] = PhoneEntry { mac: mac.0, flags: LEASED, reserved: 0 };
+        self.entries.set(offset as usize, PhoneEntry { mac: mac.0, flags: LEASED, reserved: 0 });
         self.echo[offset as usize] = EchoSlots::default();
     }
 
     pub(crate) fn lease_down(&mut self, offset: u32) {
-        self.entries[offset as usize] = PhoneEntry::default();
+        self.entries.set(offset as usize, PhoneEntry::default());
         self.echo[offset as usize] = EchoSlots::default();
     }
 }

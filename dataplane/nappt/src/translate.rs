@@ -344,7 +344,7 @@ impl Nappt {
 
     /// The table entry of a located frame, if the class and offset exist.
     #[inline(always)]
-    fn entry(&self, at: Located) -> Option<&PhoneEntry> {
+    fn entry(&self, at: Located) -> Option<PhoneEntry> {
         self.classes.get(at.class())?.entries.get(at.offset() as usize)
     }
 
