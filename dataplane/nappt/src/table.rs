@@ -64,12 +64,6 @@ impl PhoneEntry {
         self.flags & LEASED != 0
     }
 
-    /// The raw flags byte.
-    #[inline(always)]
-    pub fn flags(&self) -> u8 {
-        self.flags
-    }
-
     /// The phone's MAC (meaningful only when leased).
     #[inline(always)]
     pub fn mac(&self) -> [u8; 6] {
