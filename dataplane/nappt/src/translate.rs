@@ -380,7 +380,7 @@ impl Nappt {
     #[inline(always)]
     fn apply_outbound(&self, frame: &mut Frame<'_>, at: Located, macs: [u8; 12]) -> Option<Verdict> {
         let table = self.classes.get(at.class())?;
-        if !table.entries.get(at.offset() as usize)?.is_leased() {
+        if !table.entries.get_padded(at.offset() as usize)?.is_leased() {
             return None;
         }
         let (public, port_lo) = table.block_of(at.offset());
