@@ -979,9 +979,10 @@ fn fast_headers<'f>(frame: &'f Frame<'_>) -> Option<(bool, &'f [u8; FAST_L3_LEN]
     // One bounds check for all the fast path reads (Ethernet, a VLAN tag, 40 bytes of IP and
     // transport header); a frame in a smaller buffer takes the general path.
     let head: &[u8; FAST_HEAD_LEN] = frame.buffer.get(..FAST_HEAD_LEN)?.try_into().ok()?;
-    let tagged = match [head[12], head[13]] {
-        [0x08, 0x00] => false,
-        [0x81, 0x00] if [head[16], head[17]] == [0x08, 0x00] => true,
+    // Ethertypes compared as 16-bit words (one load and compare for the untagged case).
+    let tagged = match u16::from_be_bytes([head[12], head[13]]) {
+        0x0800 => false,
+        0x8100 if u16::from_be_bytes([head[16], head[17]]) == 0x0800 => true,
         _ => return None,
     };
     let (l2, ip) =
@@ -1019,33 +1020,39 @@ fn fast_split<'f>(frame: &'f mut Frame<'_>, at: Located) -> Option<(&'f mut [u8;
     Some((eth.try_into().ok()?, ip.try_into().ok()?))
 }
 
-/// Folds a sum below 2^34 to 16 bits with end-around carry: at most 0x4FFFF after the first
-/// fold, 0x10003 after the second, 0xFFFF after the third.
+/// `a + b` in 32-bit one's-complement arithmetic (the carry out added back in: `add`, `adc`).
+/// Zero only when both are zero.
 #[inline(always)]
-fn fold34(total: u64) -> u16 {
-    let total = (total & 0xFFFF) + (total >> 16);
-    let total = (total & 0xFFFF) + (total >> 16);
-    let total = (total & 0xFFFF) + (total >> 16);
-    total as u16
+fn add_end_around(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum + u32::from(carry)
+}
+
+/// Folds a 32-bit one's-complement sum to 16 bits: the high half of `x + rotl(x, 16)` is
+/// `hi + lo` with its end-around carry already in (the low half's carry is it). Zero only for 0.
+#[inline(always)]
+fn fold32(x: u32) -> u16 {
+    (x.wrapping_add(x.rotate_left(16)) >> 16) as u16
 }
 
 /// Applies an address change `old -> new` to the fast-path packet: transport checksum (UDP 0
 /// stays 0), TTL and header checksum. The caller writes the address itself.
 ///
 /// RFC 1624 eqn. 3 with the address taken as one 32-bit term (2^16 = 1 in one's-complement
-/// arithmetic, so `~old32 + new32` is the sum of the two 16-bit changes) and the TTL decrement
-/// as the constant it always adds: the TTL/protocol word `w` becomes `w - 0x100`, and
-/// `~w + (w - 0x100) = 0xFEFF` for every `w >= 0x100`. The result is bit for bit what the
-/// general path's [`Incremental`] gives (a property test compares them on every field).
+/// arithmetic, so `~old32 + new32` is the sum of the two 16-bit changes, and a sum kept in 32
+/// bits with end-around carry folds to the same 16 bits) and the TTL decrement as the constant
+/// it always adds: the TTL/protocol word `w` becomes `w - 0x100`, and `~w + (w - 0x100) =
+/// 0xFEFF` for every `w >= 0x100`. The result is bit for bit what the general path's
+/// [`Incremental`] gives (a property test compares them on every field).
 #[inline(always)]
 fn fast_rewrite(ip: &mut [u8; FAST_L3_LEN], tcp: bool, old: u32, new: u32) {
-    let address = u64::from(!old) + u64::from(new);
+    let address = add_end_around(!old, new);
     if tcp {
         let old = u16::from_be_bytes([ip[36], ip[37]]);
-        ip[36..38].copy_from_slice(&(!fold34(u64::from(!old) + address)).to_be_bytes());
+        ip[36..38].copy_from_slice(&(!fold32(add_end_around(address, u32::from(!old)))).to_be_bytes());
     } else {
         let old = u16::from_be_bytes([ip[26], ip[27]]);
-        let new = match !fold34(u64::from(!old) + address) {
+        let new = match !fold32(add_end_around(address, u32::from(!old))) {
             _ if old == 0 => 0,
             0 => 0xFFFF,
             other => other,
@@ -1053,7 +1060,8 @@ fn fast_rewrite(ip: &mut [u8; FAST_L3_LEN], tcp: bool, old: u32, new: u32) {
         ip[26..28].copy_from_slice(&new.to_be_bytes());
     }
     let old = u16::from_be_bytes([ip[10], ip[11]]);
-    ip[10..12].copy_from_slice(&(!fold34(u64::from(!old) + address + 0xFEFF)).to_be_bytes());
+    let header = add_end_around(add_end_around(address, 0xFEFF), u32::from(!old));
+    ip[10..12].copy_from_slice(&(!fold32(header)).to_be_bytes());
     ip[8] -= 1;
 }
 
@@ -1156,5 +1164,36 @@ impl Quote {
             _ => {}
         }
         outer
+    }
+}
+
+#[cfg(test)]
+mod checksum_arithmetic {
+    use proptest::prelude::*;
+
+    use super::{add_end_around, fold32};
+
+    /// The plain reference: the integer sum folded 16 bits at a time until it fits.
+    fn reference_fold(mut total: u64) -> u16 {
+        while total > 0xFFFF {
+            total = (total & 0xFFFF) + (total >> 16);
+        }
+        total as u16
+    }
+
+    proptest! {
+        /// The fast path's 32-bit end-around-carry sums fold to exactly the 16 bits of the
+        /// integer sum of the same terms (zero included: only all-zero terms give 0).
+        #[test]
+        fn end_around_sums_fold_like_the_integer_sum(
+            old in prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>()],
+            new in prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>()],
+            word in prop_oneof![Just(0u16), Just(u16::MAX), any::<u16>()],
+            ttl_term in prop_oneof![Just(0u32), Just(0xFEFFu32)],
+        ) {
+            let fast = fold32(add_end_around(add_end_around(add_end_around(old, new), ttl_term), u32::from(word)));
+            let slow = reference_fold(u64::from(old) + u64::from(new) + u64::from(ttl_term) + u64::from(word));
+            prop_assert_eq!(fast, slow);
+        }
     }
 }
