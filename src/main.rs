@@ -10,6 +10,11 @@ use dialtone_config::{load, online_cpus, CpuPolicy, LogFormat};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+/// mimalloc rather than glibc's malloc: glibc hands a thread arena's freed top back to the kernel
+/// (and faults it in again) around every DHCP group commit; mimalloc keeps freed pages for reuse.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Carrier-edge gateway for IP phones: DHCP leases with port blocks, NAPPT dataplane, TFTP and
 /// zero-touch pre-provisioning.
 #[derive(Debug, Parser)]

@@ -2,15 +2,20 @@
 //!
 //! One blocking thread owns the [`Engine`]: it waits for a datagram and reads it with every datagram
 //! already queued behind it (up to 64; one `recvmmsg(2)` on a UDP socket,
-//! [`Transport::recv_batch`]), reads the clock, calls [`Engine::handle_into`] on each, and
-//! dispatches the [`Output`]s of that wake-up as two batches. Replies that need no write
-//! (OFFER, NAK, INFORM ACK) go out at the end of the wake-up, together
-//! ([`Transport::send_batch`]: one `sendmmsg(2)` on a UDP socket). Replies whose lease must be
-//! durable (ACK) are handed with their writes, one batch per wake-up, to the [`GroupCommitter`];
-//! its thread publishes the lease events and sends the replies of every batch of a group commit
-//! together, only once that commit returned — so many ACKs share one fsync, one lease-sink call
-//! and one send, and none precedes its lease (claims 001: 10, 25, 40). The same thread runs the
-//! expiry sweep every `sweep_every`.
+//! [`Transport::recv_batch`]; while a read fills its batch, the next follows without waiting),
+//! reads the clock once per read, calls [`Engine::handle_into`] on each datagram, and dispatches
+//! the [`Output`]s of that wake-up as two batches. Replies that need no write (OFFER, NAK, INFORM
+//! ACK) go out after each read, together ([`Transport::send_batch`]: one `sendmmsg(2)` on a UDP
+//! socket). Replies whose lease must be durable (ACK) wait for the wake-up's group commit: the
+//! thread commits the writes of all of them in one durable transaction itself
+//! ([`GroupCommitter::apply_here`], one fsync), then publishes their lease events and sends them
+//! together — so many ACKs share one fsync, one lease-sink call and one send, and none precedes
+//! its lease (claims 001: 10, 25, 40). The thread commits itself, rather than handing the writes
+//! to the committer thread and waiting for it, because on a virtual machine the two wake-ups of
+//! that hand-off cost more CPU than the fsync; datagrams that arrive meanwhile wait in the socket
+//! buffer. Under load the thread then sleeps briefly, sized so that the next wake-up finds about
+//! [`TARGET_GROUP`] datagrams: fewer wake-ups and fsyncs per lease, with bursts of replies small
+//! enough for a client's socket buffer. The same thread runs the expiry sweep every `sweep_every`.
 //!
 //! If a commit fails, its replies are withheld (the clients retry) and an error is logged; the
 //! engine's memory already holds the lease, so the retry is answered as a renewal and re-writes
@@ -19,11 +24,11 @@
 use std::io;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dialtone_store::{GroupCommitter, GroupDone, UnixSecs};
+use dialtone_store::{GroupCommitter, UnixSecs};
 use nix::sys::socket::{MultiHeaders, SockaddrStorage};
 
 use crate::engine::{Counters, Effect, Engine, LeaseEvent, Output, Reply};
@@ -34,13 +39,14 @@ pub trait Transport: Send + Sync + 'static {
     fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>>;
     /// Receives one datagram already queued, without waiting; `Ok(None)` when none is.
     fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>>;
-    /// Waits (up to the read timeout) for a datagram and reads it into `batch`, with those already
-    /// queued behind it, up to [`DRAIN`]; `batch` is left empty when the read timed out. An error
-    /// after the first datagram ends the batch (it is logged; the next wake-up reads on).
+    /// Reads into `batch` the datagrams queued, up to [`DRAIN`]; when `wait`, first waits (up to
+    /// the read timeout) for one to arrive. `batch` is left empty when none came. An error after
+    /// the first datagram ends the batch (it is logged; the next wake-up reads on).
     /// Transports that can read several datagrams in one system call override this.
-    fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+    fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<()> {
         batch.clear();
-        let Some(first) = self.recv(batch.next_slot())? else {
+        let first = if wait { self.recv(batch.next_slot())? } else { self.try_recv(batch.next_slot())? };
+        let Some(first) = first else {
             return Ok(());
         };
         batch.filled(first);
@@ -175,10 +181,11 @@ impl UdpTransport {
 }
 
 impl Transport for UdpTransport {
-    /// One `recvmmsg(2)` with `MSG_WAITFORONE`: it waits (up to the socket's read timeout) for the
-    /// first datagram, then takes what is queued without waiting — one system call per wake-up
-    /// instead of one per datagram and one more to find the queue empty.
-    fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+    /// One `recvmmsg(2)`, with `MSG_WAITFORONE` when `wait`: it waits (up to the socket's read
+    /// timeout) for the first datagram, then takes what is queued without waiting — one system
+    /// call per read instead of one per datagram and one more to find the queue empty. Without
+    /// `wait`, `MSG_DONTWAIT`.
+    fn recv_batch(&self, batch: &mut RecvBatch, wait: bool) -> io::Result<()> {
         use nix::sys::socket::{recvmmsg, MsgFlags};
         use std::os::fd::AsRawFd;
         batch.clear();
@@ -186,7 +193,7 @@ impl Transport for UdpTransport {
         let mut slots = bytes.chunks_exact_mut(RECV_SLOT_BYTES);
         let mut buffers: [[io::IoSliceMut<'_>; 1]; DRAIN] =
             std::array::from_fn(|_| [io::IoSliceMut::new(slots.next().unwrap_or_default())]);
-        let flags = MsgFlags::MSG_WAITFORONE;
+        let flags = if wait { MsgFlags::MSG_WAITFORONE } else { MsgFlags::MSG_DONTWAIT };
         match recvmmsg(self.socket.as_raw_fd(), headers, buffers.iter_mut(), flags, None) {
             Ok(received) => {
                 for message in received {
@@ -252,18 +259,36 @@ impl Transport for UdpTransport {
     }
 }
 
-/// Datagrams handled per wake-up at most: what is already queued after the first is read without
-/// waiting, and the writes of all of them go to the committer as one batch (one hand-off, one
-/// thread wake-up), instead of one per datagram.
+/// Datagrams read per `recvmmsg(2)` at most: what is already queued after the first is read
+/// without waiting. A wake-up reads on while its reads fill, up to [`MAX_GROUP`], and commits the
+/// writes of all of them as one transaction, instead of one per datagram.
 pub const DRAIN: usize = 64;
 
-/// How long the thread lets datagrams gather after a wake-up that found more than one queued
-/// (the server is under load) before it reads again. Waking the thread is the dearest part of a
-/// datagram's cost (several microseconds on a virtual machine); under load the next wake-up then
-/// finds a batch rather than one or two datagrams, for at most this much more latency (RFC 2131
-/// clients wait seconds). A wake-up that finds a single datagram (light load) or a full
-/// [`DRAIN`] (more is queued) reads again at once.
-const GATHER: Duration = Duration::from_micros(200);
+/// How long the thread lets datagrams gather, at most, after a wake-up that found more than one
+/// queued (the server is under load) before it reads again. A wake-up (a context switch) and a
+/// commit (an fsync) are the dearest parts of a datagram's cost on a virtual machine; letting
+/// datagrams gather spreads them over more leases, for at most this much more latency (RFC 2131
+/// clients wait seconds). See [`gather_after`].
+const GATHER: Duration = Duration::from_micros(1500);
+
+/// The number of datagrams a wake-up should find: past it, the thread gathers for less than
+/// [`GATHER`]. It bounds the bursts of replies towards one relay or client (the OFFERs of a
+/// read, the ACKs of a commit), which a client's default socket buffer (about 200 kB, 150 to 200
+/// small datagrams) must hold until the client reads them.
+const TARGET_GROUP: usize = DRAIN;
+
+/// How long to gather after a wake-up that handled `handled` datagrams: [`GATHER`] up to
+/// [`TARGET_GROUP`], then less in proportion, so that at a higher rate the next wake-up again finds
+/// about as many.
+fn gather_after(handled: usize) -> Duration {
+    let handled = u32::try_from(handled.max(TARGET_GROUP)).unwrap_or(u32::MAX);
+    GATHER * u32::try_from(TARGET_GROUP).unwrap_or(u32::MAX) / handled
+}
+
+/// Datagrams whose writes one commit carries at most: reads of [`DRAIN`] go on without waiting
+/// while each fills its batch, then the wake-up commits. It bounds how long the first OFFER's
+/// REQUEST waits for its ACK when the queue is long.
+const MAX_GROUP: usize = 4 * DRAIN;
 
 /// Receives lease events (the dataplane's channel, metrics); called after durability, once per
 /// reply set with all of its events, in order.
@@ -297,43 +322,57 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Mutex::new(engine.counters().clone()));
         let (thread_stop, thread_counters) = (Arc::clone(&stop), Arc::clone(&counters));
-        let durable_out = Durable::new(&transport, &leases);
         let thread = std::thread::Builder::new().name("dhcp".into()).spawn(move || {
             let mut received = RecvBatch::default();
             let mut next_sweep = Instant::now() + sweep_every;
-            // Reused every wake-up: one datagram's output, and what leaves without a write.
+            // Reused every wake-up: one datagram's output, what leaves without a write, and what
+            // leaves after the wake-up's commit.
             let mut one = Output::default();
             let mut at_once = Output::default();
+            let mut durable = Output::default();
             while !thread_stop.load(Ordering::Relaxed) {
-                let result = transport.recv_batch(&mut received);
-                let now = clock();
-                let handled = received.len();
-                match result {
-                    Ok(()) if handled > 0 => {
-                        let mut batch = Output::default();
-                        for datagram in received.datagrams() {
-                            match datagram {
-                                Some(bytes) => engine.handle_into(now, bytes, &mut one),
-                                None => engine.refuse_oversized(&mut one),
-                            }
-                            sort(&mut one, &mut at_once, &mut batch);
-                        }
-                        deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
-                        at_once.replies.clear();
-                        durable_out.dispatch(batch, &committer);
+                let mut handled = 0;
+                let mut now = None;
+                // The first read waits; more reads follow, without waiting, only while the last
+                // one filled the batch (more is queued), up to MAX_GROUP datagrams per commit.
+                loop {
+                    let result = transport.recv_batch(&mut received, handled == 0);
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "dhcp: receive failed");
+                        break;
                     }
-                    Ok(()) => {}
-                    Err(e) => tracing::warn!(error = %e, "dhcp: receive failed"),
+                    if received.is_empty() {
+                        break;
+                    }
+                    let at = clock();
+                    now = Some(at);
+                    for datagram in received.datagrams() {
+                        match datagram {
+                            Some(bytes) => engine.handle_into(at, bytes, &mut one),
+                            None => engine.refuse_oversized(&mut one),
+                        }
+                        sort(&mut one, &mut at_once, &mut durable);
+                    }
+                    deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
+                    at_once.replies.clear();
+                    handled += received.len();
+                    if received.len() < DRAIN || handled >= MAX_GROUP {
+                        break;
+                    }
                 }
                 if Instant::now() >= next_sweep {
                     next_sweep = Instant::now() + sweep_every;
-                    durable_out.dispatch(engine.sweep(now), &committer);
+                    let mut swept = engine.sweep(now.unwrap_or_else(|| clock()));
+                    sort(&mut swept, &mut at_once, &mut durable);
+                    deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
+                    at_once.replies.clear();
                 }
+                commit(&committer, &mut durable, &*transport, &leases);
                 if let Ok(mut c) = thread_counters.lock() {
                     c.clone_from(engine.counters());
                 }
-                if handled > 1 && handled < DRAIN {
-                    std::thread::sleep(GATHER);
+                if handled > 1 {
+                    std::thread::sleep(gather_after(handled));
                 }
             }
         })?;
@@ -458,60 +497,22 @@ fn sort(one: &mut Output, at_once: &mut Output, durable: &mut Output) {
     to.writes.append(&mut one.writes);
 }
 
-/// Replies and events waiting for the end of the group commit that made them durable.
-#[derive(Default)]
-struct Ready {
-    replies: Vec<Reply>,
-    effects: Vec<Effect>,
-}
-
-/// The committed side of the server: each batch's completion (on the committer thread) only
-/// moves its replies and events to [`Ready`]; once every completion of the group has run, the
-/// group's [`GroupDone`] delivers them all: one call of the lease sink (so one wake-up of each
-/// dataplane worker) and one [`Transport::send_batch`] per group commit, not per batch.
-struct Durable<T> {
-    ready: Arc<Mutex<Ready>>,
-    deliver_group: GroupDone,
-    transport: Arc<T>,
-    leases: LeaseSink,
-}
-
-impl<T: Transport> Durable<T> {
-    fn new(transport: &Arc<T>, leases: &LeaseSink) -> Self {
-        let ready = Arc::new(Mutex::new(Ready::default()));
-        let (group_ready, group_transport, group_leases) =
-            (Arc::clone(&ready), Arc::clone(transport), Arc::clone(leases));
-        let deliver_group: GroupDone = Arc::new(move || {
-            let Ready { replies, effects } =
-                std::mem::take(&mut *group_ready.lock().unwrap_or_else(PoisonError::into_inner));
-            deliver(&*group_transport, &group_leases, &replies, effects);
-        });
-        Self { ready, deliver_group, transport: Arc::clone(transport), leases: Arc::clone(leases) }
+/// Commits the writes of a wake-up (`durable`, left empty) in one durable transaction on this
+/// thread, then publishes their lease events and sends their replies (the ACKs) together. If the
+/// commit fails, the replies are withheld (the clients retry) and an error is logged.
+fn commit<T: Transport>(committer: &GroupCommitter, durable: &mut Output, transport: &T, leases: &LeaseSink) {
+    if durable.writes.is_empty() && durable.replies.is_empty() && durable.effects.is_empty() {
+        return;
     }
-
-    /// Delivers at once what needs no write; otherwise after the commit carrying the writes.
-    fn dispatch(&self, out: Output, committer: &GroupCommitter) {
-        let Output { replies, effects, writes } = out;
-        if writes.is_empty() {
-            deliver(&*self.transport, &self.leases, &replies, effects);
-            return;
+    match committer.apply_here(&durable.writes) {
+        Ok(()) => deliver(transport, leases, &durable.replies, durable.effects.drain(..)),
+        Err(e) => {
+            tracing::error!(error = %e, withheld = durable.replies.len(), "dhcp: lease not durable, replies withheld");
+            durable.effects.clear();
         }
-        let ready = Arc::clone(&self.ready);
-        committer.submit_then(
-            writes,
-            Box::new(move |result| match result {
-                Ok(()) => {
-                    let mut ready = ready.lock().unwrap_or_else(PoisonError::into_inner);
-                    ready.replies.extend(replies);
-                    ready.effects.extend(effects);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, withheld = replies.len(), "dhcp: lease not durable, replies withheld");
-                }
-            }),
-            &self.deliver_group,
-        );
     }
+    durable.replies.clear();
+    durable.writes.clear();
 }
 
 #[cfg(test)]
@@ -709,6 +710,73 @@ mod tests {
         server.stop();
     }
 
+    /// Records the thread each commit ran on.
+    struct ThreadRecording(Arc<MemoryStore>, Mutex<Vec<Option<String>>>);
+    impl Store for ThreadRecording {
+        fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+            self.1.lock().unwrap().push(std::thread::current().name().map(str::to_string));
+            self.0.apply(writes)
+        }
+        fn snapshot(&self) -> Result<LeaseSnapshot, StoreError> {
+            self.0.snapshot()
+        }
+        fn who_held(&self, ip: Ipv4Addr, port: u16, at: u64) -> Result<Vec<HistoryRecord>, StoreError> {
+            self.0.who_held(ip, port, at)
+        }
+        fn prune_history(&self, before: u64) -> Result<usize, StoreError> {
+            self.0.prune_history(before)
+        }
+    }
+
+    #[test]
+    fn a_queue_longer_than_one_read_is_committed_once_by_the_dhcp_thread_itself() {
+        let memory = Arc::new(MemoryStore::new());
+        let fake = Fake::new(memory.clone());
+        let store = Arc::new(ThreadRecording(memory.clone(), Mutex::new(Vec::new())));
+        let committer = Arc::new(GroupCommitter::start(store.clone(), Duration::from_millis(5), 4096, 64).unwrap());
+        let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
+        let server = Server::spawn(
+            engine,
+            fake.clone(),
+            Arc::clone(&committer),
+            Arc::new(|_: &[LeaseEvent]| {}),
+            Arc::new(|| 1000),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let phones = u8::try_from(DRAIN + DRAIN / 2).unwrap();
+        fake.inbox
+            .lock()
+            .unwrap()
+            .extend((1..=phones).map(|n| Msg::new(MessageType::Discover, mac(n), YEALINK).bytes()));
+        let offers = wait_for(&fake, usize::from(phones));
+        fake.batches.lock().unwrap().clear();
+        let requests = offers.iter().map(|(bytes, _)| {
+            let offer = Message::decode(bytes).unwrap();
+            Msg::new(MessageType::Request, mac(offer.chaddr[5]), YEALINK)
+                .requested(offer.yiaddr)
+                .server(Ipv4Addr::new(100, 64, 0, 1))
+                .bytes()
+        });
+        // More REQUESTs queued than one read takes: the full first read is followed at once by a
+        // second, and the writes of both go in one commit, made on the DHCP thread (no hand-off).
+        fake.inbox.lock().unwrap().extend(requests);
+        let all = wait_for(&fake, 2 * usize::from(phones));
+        assert!(
+            all[usize::from(phones)..].iter().all(|(_, durable)| *durable),
+            "an ACK left before its lease was durable"
+        );
+        assert_eq!(committer.stats().commits, 1, "one commit for the whole queue");
+        assert_eq!(*store.1.lock().unwrap(), [Some("dhcp".to_string())], "committed on the DHCP thread");
+        assert_eq!(
+            *fake.batches.lock().unwrap(),
+            [usize::from(phones)],
+            "the ACKs leave in one send, after the commit"
+        );
+        assert_eq!(memory.snapshot().unwrap().leases.len(), usize::from(phones));
+        server.stop();
+    }
+
     fn wait_for(fake: &Fake, n: usize) -> Vec<(Vec<u8>, bool)> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -782,13 +850,17 @@ mod tests {
         let std::net::SocketAddr::V4(addr) = server.local_addr().unwrap() else { panic!("IPv4 bound") };
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut batch = RecvBatch::default();
-        server.recv_batch(&mut batch).unwrap();
+        server.recv_batch(&mut batch, true).unwrap();
         assert!(batch.is_empty(), "a timed-out read leaves the batch empty");
+        let started = Instant::now();
+        server.recv_batch(&mut batch, false).unwrap();
+        assert!(batch.is_empty());
+        assert!(started.elapsed() < Duration::from_millis(40), "a read without wait returned only at the timeout");
 
         client.send_to(&[1; 300], addr).unwrap();
         client.send_to(&[2; RECV_SLOT_BYTES + 1], addr).unwrap();
         client.send_to(&[3; RECV_SLOT_BYTES], addr).unwrap();
-        server.recv_batch(&mut batch).unwrap();
+        server.recv_batch(&mut batch, true).unwrap();
         let got: Vec<Option<(usize, u8)>> = batch.datagrams().map(|d| d.map(|b| (b.len(), b[0]))).collect();
         assert_eq!(got, [Some((300, 1)), None, Some((RECV_SLOT_BYTES, 3))]);
 
@@ -796,9 +868,9 @@ mod tests {
         for n in 0..DRAIN + 6 {
             client.send_to(&[n as u8; 20], addr).unwrap();
         }
-        server.recv_batch(&mut batch).unwrap();
+        server.recv_batch(&mut batch, true).unwrap();
         assert_eq!(batch.len(), DRAIN);
-        server.recv_batch(&mut batch).unwrap();
+        server.recv_batch(&mut batch, true).unwrap();
         let rest: Vec<u8> = batch.datagrams().map(|d| d.unwrap()[0]).collect();
         assert_eq!(rest, (DRAIN as u8..DRAIN as u8 + 6).collect::<Vec<_>>());
     }

@@ -29,7 +29,7 @@ use std::net::Ipv4Addr;
 
 pub use dialtone_config::portblock::PortBlock;
 pub use dialtone_config::MacAddr;
-pub use group::{CommitTicket, GroupCommitter, GroupDone};
+pub use group::{CommitTicket, GroupCommitter};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
