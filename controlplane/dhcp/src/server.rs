@@ -260,35 +260,28 @@ impl Transport for UdpTransport {
 }
 
 /// Datagrams read per `recvmmsg(2)` at most: what is already queued after the first is read
-/// without waiting. A wake-up reads on while its reads fill, up to [`MAX_GROUP`], and commits the
-/// writes of all of them as one transaction, instead of one per datagram.
+/// without waiting. A wake-up reads on while its reads fill, until its writes reach the
+/// committer's [`max_writes`](GroupCommitter::max_writes) (`store.group_commit_max`), and commits
+/// the writes of all of them as one transaction, instead of one per datagram.
 pub const DRAIN: usize = 64;
 
-/// How long the thread lets datagrams gather, at most, after a wake-up that found more than one
-/// queued (the server is under load) before it reads again. A wake-up (a context switch) and a
-/// commit (an fsync) are the dearest parts of a datagram's cost on a virtual machine; letting
-/// datagrams gather spreads them over more leases, for at most this much more latency (RFC 2131
-/// clients wait seconds). See [`gather_after`].
-const GATHER: Duration = Duration::from_micros(1500);
-
-/// The number of datagrams a wake-up should find: past it, the thread gathers for less than
-/// [`GATHER`]. It bounds the bursts of replies towards one relay or client (the OFFERs of a
+/// The number of datagrams a wake-up should find: past it, the thread pauses for less than the
+/// whole gather. It bounds the bursts of replies towards one relay or client (the OFFERs of a
 /// read, the ACKs of a commit), which a client's default socket buffer (about 200 kB, 150 to 200
 /// small datagrams) must hold until the client reads them.
 const TARGET_GROUP: usize = DRAIN;
 
-/// How long to gather after a wake-up that handled `handled` datagrams: [`GATHER`] up to
-/// [`TARGET_GROUP`], then less in proportion, so that at a higher rate the next wake-up again finds
-/// about as many.
-fn gather_after(handled: usize) -> Duration {
+/// How long the thread lets datagrams gather after a wake-up that handled `handled` (more than
+/// one: the server is under load) before it reads again: `gather` (the committer's
+/// [`max_wait`](GroupCommitter::max_wait), `store.group_commit_wait`) up to [`TARGET_GROUP`]
+/// datagrams, then less in proportion, so that at a higher rate the next wake-up again finds
+/// about as many. A wake-up (a context switch) and a commit (an fsync) are the dearest parts of a
+/// datagram's cost on a virtual machine; letting datagrams gather spreads them over more leases,
+/// for at most `gather` more latency (RFC 2131 clients wait seconds).
+fn gather_after(handled: usize, gather: Duration) -> Duration {
     let handled = u32::try_from(handled.max(TARGET_GROUP)).unwrap_or(u32::MAX);
-    GATHER * u32::try_from(TARGET_GROUP).unwrap_or(u32::MAX) / handled
+    gather * u32::try_from(TARGET_GROUP).unwrap_or(u32::MAX) / handled
 }
-
-/// Datagrams whose writes one commit carries at most: reads of [`DRAIN`] go on without waiting
-/// while each fills its batch, then the wake-up commits. It bounds how long the first OFFER's
-/// REQUEST waits for its ACK when the queue is long.
-const MAX_GROUP: usize = 4 * DRAIN;
 
 /// Receives lease events (the dataplane's channel, metrics); called after durability, once per
 /// reply set with all of its events, in order.
@@ -334,7 +327,7 @@ impl Server {
                 let mut handled = 0;
                 let mut now = None;
                 // The first read waits; more reads follow, without waiting, only while the last
-                // one filled the batch (more is queued), up to MAX_GROUP datagrams per commit.
+                // one filled the batch (more is queued), until the writes reach the commit bound.
                 loop {
                     let result = transport.recv_batch(&mut received, handled == 0);
                     if let Err(e) = result {
@@ -356,7 +349,7 @@ impl Server {
                     deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
                     at_once.replies.clear();
                     handled += received.len();
-                    if received.len() < DRAIN || handled >= MAX_GROUP {
+                    if received.len() < DRAIN || durable.writes.len() >= committer.max_writes() {
                         break;
                     }
                 }
@@ -372,7 +365,7 @@ impl Server {
                     c.clone_from(engine.counters());
                 }
                 if handled > 1 {
-                    std::thread::sleep(gather_after(handled));
+                    std::thread::sleep(gather_after(handled, committer.max_wait()));
                 }
             }
         })?;

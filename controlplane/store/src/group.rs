@@ -57,6 +57,8 @@ impl CommitTicket {
 /// The group-commit thread and its queue.
 pub struct GroupCommitter {
     store: Arc<dyn Store>,
+    max_wait: Duration,
+    max_writes: usize,
     queue: Option<SyncSender<Job>>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<std::sync::Mutex<CommitStats>>,
@@ -84,7 +86,20 @@ impl GroupCommitter {
         let thread = std::thread::Builder::new()
             .name("store-commit".into())
             .spawn(move || run(&*thread_store, &rx, max_wait, max_writes.max(1), &thread_stats))?;
-        Ok(Self { store, queue: Some(tx), thread: Some(thread), stats })
+        Ok(Self { store, max_wait, max_writes: max_writes.max(1), queue: Some(tx), thread: Some(thread), stats })
+    }
+
+    /// How long a group may wait for companions (`store.group_commit_wait`): the committer
+    /// thread's gather, and the bound a caller gathering its own groups for
+    /// [`apply_here`](Self::apply_here) keeps to (the DHCP thread's pause under load).
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// The most writes one group carries (`store.group_commit_max`), at least 1; a caller
+    /// gathering its own groups stops gathering at it.
+    pub fn max_writes(&self) -> usize {
+        self.max_writes
     }
 
     /// Commits `writes` on the calling thread, as one durable transaction of one batch, and
