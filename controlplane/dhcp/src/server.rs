@@ -723,10 +723,30 @@ mod tests {
 
     #[test]
     fn a_queue_longer_than_one_read_is_committed_once_by_the_dhcp_thread_itself() {
+        let (phones, committer, store, batches) = queue_of_requests(4096);
+        assert_eq!(committer.stats().commits, 1, "one commit for the whole queue");
+        assert_eq!(*store.1.lock().unwrap(), [Some("dhcp".to_string())], "committed on the DHCP thread");
+        assert_eq!(batches, [phones], "the ACKs leave in one send, after the commit");
+    }
+
+    #[test]
+    fn a_group_stops_growing_at_store_group_commit_max() {
+        // Each REQUEST writes more than one record: once the first read's writes reach the bound
+        // the thread commits them and reads the rest of the queue in the next group.
+        let (phones, committer, _, batches) = queue_of_requests(1);
+        assert_eq!(committer.stats().commits, 2, "the bound splits the queue");
+        assert_eq!(batches, [DRAIN, phones - DRAIN], "each group's ACKs leave after its own commit");
+    }
+
+    /// Leases `DRAIN + DRAIN / 2` phones through a server whose committer has `max_writes`: the
+    /// DISCOVERs first, then all the REQUESTs queued at once. Returns the number of phones, the
+    /// committer, the store (with the threads that committed) and the sizes of the ACK sends.
+    fn queue_of_requests(max_writes: usize) -> (usize, Arc<GroupCommitter>, Arc<ThreadRecording>, Vec<usize>) {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
         let store = Arc::new(ThreadRecording(memory.clone(), Mutex::new(Vec::new())));
-        let committer = Arc::new(GroupCommitter::start(store.clone(), Duration::from_millis(5), 4096, 64).unwrap());
+        let committer =
+            Arc::new(GroupCommitter::start(store.clone(), Duration::from_millis(5), max_writes, 64).unwrap());
         let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
         let server = Server::spawn(
             engine,
@@ -752,22 +772,18 @@ mod tests {
                 .bytes()
         });
         // More REQUESTs queued than one read takes: the full first read is followed at once by a
-        // second, and the writes of both go in one commit, made on the DHCP thread (no hand-off).
+        // second, and the writes of both go in one commit (up to the bound), made on the DHCP
+        // thread (no hand-off).
         fake.inbox.lock().unwrap().extend(requests);
         let all = wait_for(&fake, 2 * usize::from(phones));
         assert!(
             all[usize::from(phones)..].iter().all(|(_, durable)| *durable),
             "an ACK left before its lease was durable"
         );
-        assert_eq!(committer.stats().commits, 1, "one commit for the whole queue");
-        assert_eq!(*store.1.lock().unwrap(), [Some("dhcp".to_string())], "committed on the DHCP thread");
-        assert_eq!(
-            *fake.batches.lock().unwrap(),
-            [usize::from(phones)],
-            "the ACKs leave in one send, after the commit"
-        );
         assert_eq!(memory.snapshot().unwrap().leases.len(), usize::from(phones));
         server.stop();
+        let batches = fake.batches.lock().unwrap().clone();
+        (usize::from(phones), committer, store, batches)
     }
 
     fn wait_for(fake: &Fake, n: usize) -> Vec<(Vec<u8>, bool)> {
