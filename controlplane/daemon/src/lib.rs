@@ -107,7 +107,6 @@ fn bind(service: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener
 pub struct Gateway {
     servers: Vec<(&'static str, Server)>,
     dhcp: Option<dialtone_dhcp::server::Server>,
-    committer: Option<Arc<GroupCommitter>>,
     pruner: Option<dialtone_dhcp::server::HistoryPruner>,
     tftp: Option<dialtone_tftp::ServerHandle>,
     dataplane: Option<Dataplane>,
@@ -138,15 +137,8 @@ impl Gateway {
         // Current leases by address: seeded from the store, then kept by DHCP's lease events.
         let leases = Arc::new(LeaseTable::new(registry.clone()));
         leases.seed(config, &store.snapshot().map_err(|e| service_error("store")(e.to_string()))?);
-        let mut gateway = Gateway {
-            servers: Vec::new(),
-            dhcp: None,
-            committer: None,
-            pruner: None,
-            tftp: None,
-            dataplane: None,
-            leases,
-        };
+        let mut gateway =
+            Gateway { servers: Vec::new(), dhcp: None, pruner: None, tftp: None, dataplane: None, leases };
 
         // The dataplane (claims 001: 3-7, 18-22): started before DHCP so that no lease event
         // is missed; the leases already current reach every worker first.
@@ -170,15 +162,11 @@ impl Gateway {
         if config.dhcp.enabled {
             let snapshot = store.snapshot().map_err(|e| service_error("dhcp")(e.to_string()))?;
             let engine = dialtone_dhcp::Engine::new(config.clone(), &snapshot, dialtone_dhcp::Limits::default());
-            let committer = Arc::new(
-                GroupCommitter::start(
-                    Arc::clone(&store),
-                    config.store.group_commit_wait,
-                    usize::try_from(config.store.group_commit_max).unwrap_or(1024),
-                    4096,
-                )
-                .map_err(|e| service_error("store")(e.to_string()))?,
-            );
+            let committer = Arc::new(GroupCommitter::new(
+                Arc::clone(&store),
+                config.store.group_commit_wait,
+                usize::try_from(config.store.group_commit_max).unwrap_or(1024),
+            ));
             let transport = dialtone_dhcp::server::UdpTransport::bind(
                 SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67),
                 Some(&config.lan.interface),
@@ -214,7 +202,6 @@ impl Gateway {
                 )
                 .map_err(|e| service_error("store")(e.to_string()))?,
             );
-            gateway.committer = Some(committer);
             tracing::info!(interface = %config.lan.interface, "dhcp server started");
         }
 
@@ -307,8 +294,6 @@ impl Gateway {
             dhcp.stop();
             tracing::info!(service = "dhcp", "stopped");
         }
-        // Dropping the last reference commits what is queued, then ends the committer thread.
-        self.committer.take();
         // Last: no lease event can arrive any more. Stops the workers and detaches XDP.
         if let Some(dataplane) = self.dataplane.take() {
             dataplane.stop();

@@ -11,11 +11,12 @@
 //! ([`GroupCommitter::apply_here`], one fsync), then publishes their lease events and sends them
 //! together — so many ACKs share one fsync, one lease-sink call and one send, and none precedes
 //! its lease (claims 001: 10, 25, 40). The thread commits itself, rather than handing the writes
-//! to the committer thread and waiting for it, because on a virtual machine the two wake-ups of
-//! that hand-off cost more CPU than the fsync; datagrams that arrive meanwhile wait in the socket
-//! buffer. Under load the thread then sleeps briefly, sized so that the next wake-up finds about
-//! [`TARGET_GROUP`] datagrams: fewer wake-ups and fsyncs per lease, with bursts of replies small
-//! enough for a client's socket buffer. The same thread runs the expiry sweep every `sweep_every`.
+//! to another thread and waiting for it, because on a virtual machine the two wake-ups of such a
+//! hand-off cost more CPU than the fsync; datagrams that arrive meanwhile wait in the socket
+//! buffer. A group stops growing at `store.group_commit_max` writes. Under load the thread then
+//! sleeps up to `store.group_commit_wait`, less when it found more than [`TARGET_GROUP`]
+//! datagrams: fewer wake-ups and fsyncs per lease, with bursts of replies small enough for a
+//! client's socket buffer. The same thread runs the expiry sweep every `sweep_every`.
 //!
 //! If a commit fails, its replies are withheld (the clients retry) and an error is logged; the
 //! engine's memory already holds the lease, so the retry is answered as a renewal and re-writes
@@ -596,9 +597,8 @@ mod tests {
     fn acks_leave_only_after_their_lease_is_durable() {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
-        let committer = Arc::new(
-            GroupCommitter::start(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024, 64).unwrap(),
-        );
+        let committer =
+            Arc::new(GroupCommitter::new(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024));
         let (events_tx, events_rx) = mpsc::channel();
         let events_tx = Mutex::new(events_tx);
         let sink: LeaseSink = Arc::new(move |events: &[LeaseEvent]| {
@@ -662,9 +662,8 @@ mod tests {
     fn a_wake_up_sends_its_offers_together_and_its_acks_together_after_their_commit() {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
-        let committer = Arc::new(
-            GroupCommitter::start(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024, 64).unwrap(),
-        );
+        let committer =
+            Arc::new(GroupCommitter::new(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024));
         let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
         let server = Server::spawn(
             engine,
@@ -745,8 +744,7 @@ mod tests {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
         let store = Arc::new(ThreadRecording(memory.clone(), Mutex::new(Vec::new())));
-        let committer =
-            Arc::new(GroupCommitter::start(store.clone(), Duration::from_millis(5), max_writes, 64).unwrap());
+        let committer = Arc::new(GroupCommitter::new(store.clone(), Duration::from_millis(5), max_writes));
         let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
         let server = Server::spawn(
             engine,

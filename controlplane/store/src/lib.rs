@@ -7,7 +7,7 @@
 //! addresses — and answers such as [`Store::who_held`].
 //! It must never acknowledge a write before it is durable: [`Store::apply`] returns only after the
 //! batch is on stable storage (redb `Durability::Immediate`, i.e. fsync), and the
-//! [`group::GroupCommitter`] signals a waiter only after the commit that carried its writes.
+//! [`group::GroupCommitter`] returns to its caller only after the commit that carried its writes.
 //!
 //! Two implementations: [`MemoryStore`] (tests, tools) and [`RedbStore`] (the product). Classes are
 //! recorded by **name**, not by their index in the config, so records survive a reordering of
@@ -29,7 +29,7 @@ use std::net::Ipv4Addr;
 
 pub use dialtone_config::portblock::PortBlock;
 pub use dialtone_config::MacAddr;
-pub use group::{CommitTicket, GroupCommitter};
+pub use group::GroupCommitter;
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
@@ -48,9 +48,6 @@ pub enum StoreError {
         /// The table holding it.
         table: &'static str,
     },
-    /// The group committer has stopped; nothing more can be written through it.
-    #[error("the group committer has stopped")]
-    CommitterStopped,
 }
 
 /// Offered (reserved for a client that has not yet requested it) or bound (acknowledged).
