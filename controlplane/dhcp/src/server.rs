@@ -266,6 +266,10 @@ impl Transport for UdpTransport {
 /// the writes of all of them as one transaction, instead of one per datagram.
 pub const DRAIN: usize = 64;
 
+/// How long the thread waits after a failed read before reading again (at most ten warnings a
+/// second while an error lasts).
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// The number of datagrams a wake-up should find: past it, the thread pauses for less than the
 /// whole gather. It bounds the bursts of replies towards one relay or client (the OFFERs of a
 /// read, the ACKs of a commit), which a client's default socket buffer (about 200 kB, 150 to 200
@@ -333,6 +337,11 @@ impl Server {
                     let result = transport.recv_batch(&mut received, handled == 0);
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "dhcp: receive failed");
+                        if handled == 0 {
+                            // A lasting error (the interface gone, say) must not turn the loop
+                            // into a spin: wait as long as an idle read would.
+                            std::thread::sleep(RECV_ERROR_PAUSE);
+                        }
                         break;
                     }
                     if received.is_empty() {
@@ -782,6 +791,40 @@ mod tests {
         server.stop();
         let batches = fake.batches.lock().unwrap().clone();
         (usize::from(phones), committer, store, batches)
+    }
+
+    #[test]
+    fn a_lasting_receive_error_does_not_spin_the_thread() {
+        /// Every read fails at once, as on a socket whose interface is gone.
+        struct Broken(std::sync::atomic::AtomicUsize);
+        impl Transport for Broken {
+            fn recv(&self, _: &mut [u8]) -> io::Result<Option<usize>> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Err(io::Error::from(io::ErrorKind::NetworkDown))
+            }
+            fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+                self.recv(buf)
+            }
+            fn send(&self, _: &[u8], _: SocketAddrV4) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let broken = Arc::new(Broken(std::sync::atomic::AtomicUsize::new(0)));
+        let committer = Arc::new(GroupCommitter::new(Arc::new(MemoryStore::new()), Duration::from_millis(1), 64));
+        let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
+        let server = Server::spawn(
+            engine,
+            broken.clone(),
+            committer,
+            Arc::new(|_: &[LeaseEvent]| {}),
+            Arc::new(|| 1000),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(350));
+        server.stop();
+        let reads = broken.0.load(Ordering::SeqCst);
+        assert!((1..=6).contains(&reads), "{reads} failed reads in 350 ms");
     }
 
     fn wait_for(fake: &Fake, n: usize) -> Vec<(Vec<u8>, bool)> {
