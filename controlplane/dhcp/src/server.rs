@@ -584,21 +584,34 @@ mod tests {
         }
     }
 
-    /// Slows commits down so an ACK sent too early would be caught.
-    struct SlowStore(Arc<MemoryStore>);
-    impl Store for SlowStore {
+    /// The in-memory store, each commit delayed by `delay` (a slow disk, so an ACK sent too
+    /// early would be caught) and the name of the thread it ran on recorded.
+    struct TestStore {
+        inner: Arc<MemoryStore>,
+        delay: Duration,
+        threads: Mutex<Vec<Option<String>>>,
+    }
+
+    impl TestStore {
+        fn new(inner: Arc<MemoryStore>, delay: Duration) -> Arc<Self> {
+            Arc::new(Self { inner, delay, threads: Mutex::new(Vec::new()) })
+        }
+    }
+
+    impl Store for TestStore {
         fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-            std::thread::sleep(Duration::from_millis(20));
-            self.0.apply(writes)
+            self.threads.lock().unwrap().push(std::thread::current().name().map(str::to_string));
+            std::thread::sleep(self.delay);
+            self.inner.apply(writes)
         }
         fn snapshot(&self) -> Result<LeaseSnapshot, StoreError> {
-            self.0.snapshot()
+            self.inner.snapshot()
         }
         fn who_held(&self, ip: Ipv4Addr, port: u16, at: u64) -> Result<Vec<HistoryRecord>, StoreError> {
-            self.0.who_held(ip, port, at)
+            self.inner.who_held(ip, port, at)
         }
         fn prune_history(&self, before: u64) -> Result<usize, StoreError> {
-            self.0.prune_history(before)
+            self.inner.prune_history(before)
         }
     }
 
@@ -606,8 +619,11 @@ mod tests {
     fn acks_leave_only_after_their_lease_is_durable() {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
-        let committer =
-            Arc::new(GroupCommitter::new(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024));
+        let committer = Arc::new(GroupCommitter::new(
+            TestStore::new(memory.clone(), Duration::from_millis(20)),
+            Duration::from_millis(5),
+            1024,
+        ));
         let (events_tx, events_rx) = mpsc::channel();
         let events_tx = Mutex::new(events_tx);
         let sink: LeaseSink = Arc::new(move |events: &[LeaseEvent]| {
@@ -671,18 +687,12 @@ mod tests {
     fn a_wake_up_sends_its_offers_together_and_its_acks_together_after_their_commit() {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
-        let committer =
-            Arc::new(GroupCommitter::new(Arc::new(SlowStore(memory.clone())), Duration::from_millis(5), 1024));
-        let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
-        let server = Server::spawn(
-            engine,
-            fake.clone(),
-            Arc::clone(&committer),
-            Arc::new(|_: &[LeaseEvent]| {}),
-            Arc::new(|| 1000),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+        let committer = Arc::new(GroupCommitter::new(
+            TestStore::new(memory.clone(), Duration::from_millis(20)),
+            Duration::from_millis(5),
+            1024,
+        ));
+        let server = spawn_example(fake.clone(), Arc::clone(&committer));
         for n in 1..=3 {
             fake.inbox.lock().unwrap().push_back(Msg::new(MessageType::Discover, mac(n), YEALINK).bytes());
             wait_for(&fake, usize::from(n));
@@ -711,29 +721,11 @@ mod tests {
         server.stop();
     }
 
-    /// Records the thread each commit ran on.
-    struct ThreadRecording(Arc<MemoryStore>, Mutex<Vec<Option<String>>>);
-    impl Store for ThreadRecording {
-        fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-            self.1.lock().unwrap().push(std::thread::current().name().map(str::to_string));
-            self.0.apply(writes)
-        }
-        fn snapshot(&self) -> Result<LeaseSnapshot, StoreError> {
-            self.0.snapshot()
-        }
-        fn who_held(&self, ip: Ipv4Addr, port: u16, at: u64) -> Result<Vec<HistoryRecord>, StoreError> {
-            self.0.who_held(ip, port, at)
-        }
-        fn prune_history(&self, before: u64) -> Result<usize, StoreError> {
-            self.0.prune_history(before)
-        }
-    }
-
     #[test]
     fn a_queue_longer_than_one_read_is_committed_once_by_the_dhcp_thread_itself() {
         let (phones, committer, store, batches) = queue_of_requests(4096);
         assert_eq!(committer.stats().commits, 1, "one commit for the whole queue");
-        assert_eq!(*store.1.lock().unwrap(), [Some("dhcp".to_string())], "committed on the DHCP thread");
+        assert_eq!(*store.threads.lock().unwrap(), [Some("dhcp".to_string())], "committed on the DHCP thread");
         assert_eq!(batches, [phones], "the ACKs leave in one send, after the commit");
     }
 
@@ -749,21 +741,12 @@ mod tests {
     /// Leases `DRAIN + DRAIN / 2` phones through a server whose committer has `max_writes`: the
     /// DISCOVERs first, then all the REQUESTs queued at once. Returns the number of phones, the
     /// committer, the store (with the threads that committed) and the sizes of the ACK sends.
-    fn queue_of_requests(max_writes: usize) -> (usize, Arc<GroupCommitter>, Arc<ThreadRecording>, Vec<usize>) {
+    fn queue_of_requests(max_writes: usize) -> (usize, Arc<GroupCommitter>, Arc<TestStore>, Vec<usize>) {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
-        let store = Arc::new(ThreadRecording(memory.clone(), Mutex::new(Vec::new())));
+        let store = TestStore::new(memory.clone(), Duration::ZERO);
         let committer = Arc::new(GroupCommitter::new(store.clone(), Duration::from_millis(5), max_writes));
-        let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
-        let server = Server::spawn(
-            engine,
-            fake.clone(),
-            Arc::clone(&committer),
-            Arc::new(|_: &[LeaseEvent]| {}),
-            Arc::new(|| 1000),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+        let server = spawn_example(fake.clone(), Arc::clone(&committer));
         let phones = u8::try_from(DRAIN + DRAIN / 2).unwrap();
         fake.inbox
             .lock()
@@ -811,20 +794,26 @@ mod tests {
         }
         let broken = Arc::new(Broken(std::sync::atomic::AtomicUsize::new(0)));
         let committer = Arc::new(GroupCommitter::new(Arc::new(MemoryStore::new()), Duration::from_millis(1), 64));
+        let server = spawn_example(broken.clone(), committer);
+        std::thread::sleep(Duration::from_millis(350));
+        server.stop();
+        let reads = broken.0.load(Ordering::SeqCst);
+        assert!((1..=6).contains(&reads), "{reads} failed reads in 350 ms");
+    }
+
+    /// A server of the example configuration, no leases yet, over `transport` and `committer`,
+    /// at a fixed clock, with no lease sink and no sweep during a test.
+    fn spawn_example<T: Transport>(transport: Arc<T>, committer: Arc<GroupCommitter>) -> Server {
         let engine = Engine::new(example(), &LeaseSnapshot::default(), Limits::default());
-        let server = Server::spawn(
+        Server::spawn(
             engine,
-            broken.clone(),
+            transport,
             committer,
             Arc::new(|_: &[LeaseEvent]| {}),
             Arc::new(|| 1000),
             Duration::from_secs(3600),
         )
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(350));
-        server.stop();
-        let reads = broken.0.load(Ordering::SeqCst);
-        assert!((1..=6).contains(&reads), "{reads} failed reads in 350 ms");
+        .unwrap()
     }
 
     fn wait_for(fake: &Fake, n: usize) -> Vec<(Vec<u8>, bool)> {
