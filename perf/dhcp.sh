@@ -9,13 +9,21 @@
 # 100.64.0.2), pinned to CPU 1 (dialtone's dataplane worker too, which pins itself); perfdhcp
 # pinned to CPU 0. 100,000 distinct clients (-R).
 #
-# Usage: perf/dhcp.sh [--prefix P] [--period SECONDS] [--runs N] [--rates "R1 R2 ..."]
+# For the length of the run the default socket receive buffer (net.core.rmem_default, not
+# namespaced) is raised to --rmem bytes (default 4 MiB, at most net.core.rmem_max) and restored on
+# exit: perfdhcp reads one relay socket for all its clients, and with the kernel's default 208 KiB
+# it overflowed on bursts of replies (UdpRcvbufErrors in its namespace), which the drop rule then
+# charged to the server. Kea's socket gets the same default; dialtone sets its own (1 MiB).
+# --rmem 0 leaves the setting alone.
+#
+# Usage: perf/dhcp.sh [--prefix P] [--period SECONDS] [--runs N] [--rates "R1 R2 ..."] [--rmem BYTES]
 # Needs root, scripts/setup.sh's packages (kea-admin for perfdhcp, kea-dhcp4-server), cargo.
 set -euo pipefail
 
 prefix=pdh
 period=5
 runs=1
+rmem=4194304
 rates="500 1000 1500 2000 3000 4000 5000 6000 7000 8000 10000 12000 15000 18000 22000 26000 30000"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,7 +31,8 @@ while [ $# -gt 0 ]; do
     --period) period=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
-    *) sed -n '2,13p' "$0"; exit 2 ;;
+    --rmem) rmem=$2; shift 2 ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
   esac
 done
 
@@ -32,12 +41,19 @@ work=$(mktemp -d /tmp/dialtone-perf-dhcp.XXXXXX)
 gwns=$prefix-gw
 phns=$prefix-phones
 server_pid=
+old_rmem=$(sysctl -n net.core.rmem_default)
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  sysctl -qw net.core.rmem_default="$old_rmem" || true
   "$repo/scripts/lab.sh" down --prefix "$prefix" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+if [ "$rmem" -gt 0 ]; then
+  rmem_max=$(sysctl -n net.core.rmem_max)
+  [ "$rmem" -gt "$rmem_max" ] && rmem=$rmem_max
+  sysctl -qw net.core.rmem_default="$rmem"
+fi
 
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin dialtone
 dialtone=$repo/target/release/dialtone
@@ -202,6 +218,7 @@ cap_ratio=$(awk -v d="$dc" -v k="$kc" 'BEGIN { if (d > 0) printf "%.2f", k / d; 
 echo
 echo "nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(date -u +%FT%TZ)"
 echo "load average at the end: $(cut -d" " -f1-3 /proc/loadavg) (other processes share these cores)"
+echo "net.core.rmem_default during the run: $(sysctl -n net.core.rmem_default) bytes"
 echo "per run [best leases/s, drop %, offered rate, server CPU us per lease]: dialtone$d_info kea$k_info"
 echo
 echo "| server | best leases/s (median of $runs) | drops at best | ratio | server CPU per lease | leases per CPU-second | ratio |"
