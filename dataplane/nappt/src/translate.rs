@@ -301,27 +301,59 @@ impl Nappt {
         let (frames, out) = (&mut frames[..n], &mut out[..n]);
         let all = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
         let mut located = [Located::NONE; LOOKAHEAD];
-        for (frame, slot) in frames.iter().zip(located.iter_mut()) {
+        let found = self.locate_group::<FROM>(frames, &mut located);
+        let (taken, mut to_wan, mut to_lan) = self.apply_group::<FROM>(frames, out, &located, found);
+        // A group from one side counts its taken frames at once.
+        match FROM {
+            FROM_LAN => to_wan = u64::from(taken.count_ones()),
+            FROM_WAN => to_lan = u64::from(taken.count_ones()),
+            _ => {}
+        }
+        self.counters.to_wan += to_wan;
+        self.counters.to_lan += to_lan;
+        all & !taken
+    }
+
+    /// Pass 1 of [`Nappt::fast_group`]: locates each frame into `located` and returns the
+    /// located ones as a bit mask. A function of its own, so that its registers hold the
+    /// lookup's constants rather than those of pass 2.
+    #[inline(never)]
+    fn locate_group<const FROM: u8>(&self, frames: &[Frame<'_>], located: &mut [Located; LOOKAHEAD]) -> u64 {
+        // Bit `i` set when frame `i` is located: the second pass visits those frames only.
+        let mut found = 0u64;
+        for (i, (frame, slot)) in frames.iter().zip(located.iter_mut()).enumerate() {
             let at = match side_of::<FROM>(frame) {
                 Side::Lan => self.locate_outbound(frame),
                 Side::Wan => self.locate_inbound(frame),
             };
             *slot = at;
-            // Unlocated frames prefetch class 0's first entry: cheaper than a branch.
-            if let Some(table) = self.classes.get(at.class()) {
-                table.entries.prefetch(at.offset() as usize);
-            }
+            found |= u64::from(at.is_located()) << i;
         }
+        found
+    }
+
+    /// Pass 2 of [`Nappt::fast_group`] over the `found` frames: returns the taken frames as a
+    /// bit mask and, for a group from both sides, how many went each way.
+    #[inline(never)]
+    fn apply_group<const FROM: u8>(
+        &self,
+        frames: &mut [Frame<'_>],
+        out: &mut [Verdict],
+        located: &[Located; LOOKAHEAD],
+        mut found: u64,
+    ) -> (u64, u64, u64) {
         let to_wan_macs = match (self.next_hop_mac, self.wan_mac) {
             (Some(dst), Some(src)) => Some(mac_pair(dst, src)),
             _ => None,
         };
         let lan_mac = self.lan_mac;
         let (mut taken, mut to_wan, mut to_lan) = (0u64, 0u64, 0u64);
-        for (i, ((frame, verdict), at)) in frames.iter_mut().zip(out.iter_mut()).zip(located).enumerate() {
-            if !at.is_located() {
-                continue;
-            }
+        while found != 0 {
+            let i = found.trailing_zeros() as usize;
+            found &= found - 1;
+            let (Some(frame), Some(verdict), Some(&at)) = (frames.get_mut(i), out.get_mut(i), located.get(i)) else {
+                break;
+            };
             let (fast, lan) = match side_of::<FROM>(frame) {
                 Side::Lan => (to_wan_macs.and_then(|macs| self.apply_outbound(frame, at, macs)), true),
                 Side::Wan => (lan_mac.and_then(|mac| self.apply_inbound(frame, at, mac)), false),
@@ -329,13 +361,13 @@ impl Nappt {
             if let Some(fast) = fast {
                 *verdict = fast;
                 taken |= 1 << i;
-                to_wan += u64::from(lan);
-                to_lan += u64::from(!lan);
+                if FROM == FROM_EITHER {
+                    to_wan += u64::from(lan);
+                    to_lan += u64::from(!lan);
+                }
             }
         }
-        self.counters.to_wan += to_wan;
-        self.counters.to_lan += to_lan;
-        all & !taken
+        (taken, to_wan, to_lan)
     }
 
     /// The common outbound case, located: an unfragmented UDP or TCP packet without IP
@@ -351,10 +383,12 @@ impl Nappt {
         if self.for_kernel_from_lan(dst) | (dst.wrapping_sub(self.public_hull.0) < self.public_hull.1) {
             return Located::NONE;
         }
-        match self.lan_phone(src) {
-            Some(phone) => Located::new(phone.class, phone.offset, tagged, tcp),
-            None => Located::NONE,
-        }
+        let Some((phone, table)) = self.lan_phone_in(src) else {
+            return Located::NONE;
+        };
+        // The prefetch of the entry the second pass reads, with the class table at hand.
+        table.entries.prefetch(phone.offset as usize);
+        Located::new(phone.class, phone.offset, tagged, tcp)
     }
 
     /// The common inbound case, located: an unfragmented UDP or TCP packet without IP options
@@ -365,11 +399,15 @@ impl Nappt {
             return Located::NONE;
         };
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        let Some((class, public_index)) = self.public_class(dst) else {
+        let Some((class, public_index, table)) = self.public_class_in(dst) else {
             return Located::NONE;
         };
-        match self.classes[class].offset_for(public_index, u16::from_be_bytes([ip[22], ip[23]])) {
-            Some(offset) => Located::new(class, offset, tagged, tcp),
+        match table.offset_for(public_index, u16::from_be_bytes([ip[22], ip[23]])) {
+            Some(offset) => {
+                // As in [`Nappt::locate_outbound`].
+                table.entries.prefetch(offset as usize);
+                Located::new(class, offset, tagged, tcp)
+            }
             None => Located::NONE,
         }
     }
@@ -511,38 +549,54 @@ impl Nappt {
     /// order, and a scan that stopped at the match cost a mispredicted branch on most packets.
     #[inline(always)]
     fn lan_phone(&self, addr: u32) -> Option<Phone> {
+        self.lan_phone_in(addr).map(|(phone, _)| phone)
+    }
+
+    /// [`Nappt::lan_phone`] with the phone's class table.
+    #[inline(always)]
+    fn lan_phone_in(&self, addr: u32) -> Option<(Phone, &ClassTable)> {
         if let Some(map) = &self.lan_map {
             let class = map.class(addr)?;
-            let offset = self.classes.get(class)?.offset_of(addr)?;
-            return Some(Phone { class, offset });
+            let table = self.classes.get(class)?;
+            let offset = table.offset_of(addr)?;
+            return Some((Phone { class, offset }, table));
         }
         let mut found = (usize::MAX, 0u32);
         for (class, table) in self.classes.iter().take(CLASS_LIMIT).enumerate().rev() {
             let offset = addr.wrapping_sub(table.lan_base);
             found = if offset < table.phones { (class, offset) } else { found };
         }
-        (found.0 != usize::MAX).then_some(Phone { class: found.0, offset: found.1 })
+        let table = self.classes.get(found.0)?;
+        Some((Phone { class: found.0, offset: found.1 }, table))
     }
 
     /// The class of a public address and its index in the class's public addresses (as
     /// [`Nappt::lan_phone`]).
     #[inline(always)]
     fn public_class(&self, addr: u32) -> Option<(usize, u32)> {
+        self.public_class_in(addr).map(|(class, index, _)| (class, index))
+    }
+
+    /// [`Nappt::public_class`] with the class table.
+    #[inline(always)]
+    fn public_class_in(&self, addr: u32) -> Option<(usize, u32, &ClassTable)> {
         // Most outbound destinations are nowhere near a public pool: one range check first.
         if addr.wrapping_sub(self.public_hull.0) >= self.public_hull.1 {
             return None;
         }
         if let Some(map) = &self.public_map {
             let class = map.class(addr)?;
-            let index = self.classes.get(class)?.public_index(addr)?;
-            return Some((class, index));
+            let table = self.classes.get(class)?;
+            let index = table.public_index(addr)?;
+            return Some((class, index, table));
         }
         let mut found = (usize::MAX, 0u32);
         for (class, table) in self.classes.iter().take(CLASS_LIMIT).enumerate().rev() {
             let index = addr.wrapping_sub(table.public_base);
             found = if index < table.public_addresses { (class, index) } else { found };
         }
-        (found.0 != usize::MAX).then_some(found)
+        let table = self.classes.get(found.0)?;
+        Some((found.0, found.1, table))
     }
 
     /// The leased phone owning `port` on public address `addr` (whose class and index are known).
@@ -979,11 +1033,17 @@ fn fast_headers<'f>(frame: &'f Frame<'_>) -> Option<(bool, &'f [u8; FAST_L3_LEN]
     // One bounds check for all the fast path reads (Ethernet, a VLAN tag, 40 bytes of IP and
     // transport header); a frame in a smaller buffer takes the general path.
     let head: &[u8; FAST_HEAD_LEN] = frame.buffer.get(..FAST_HEAD_LEN)?.try_into().ok()?;
-    // Ethertypes compared as 16-bit words (one load and compare for the untagged case).
-    let tagged = match u16::from_be_bytes([head[12], head[13]]) {
-        0x0800 => false,
-        0x8100 if u16::from_be_bytes([head[16], head[17]]) == 0x0800 => true,
-        _ => return None,
+    // Ethertypes compared as 16-bit words in memory order (one load and compare for the
+    // untagged case, no byte swap).
+    const IPV4: u16 = u16::from_ne_bytes([0x08, 0x00]);
+    const VLAN: u16 = u16::from_ne_bytes([0x81, 0x00]);
+    let ethertype = u16::from_ne_bytes([head[12], head[13]]);
+    let tagged = if ethertype == IPV4 {
+        false
+    } else if ethertype == VLAN && u16::from_ne_bytes([head[16], head[17]]) == IPV4 {
+        true
+    } else {
+        return None;
     };
     let (l2, ip) =
         if tagged { (18, head[18..].try_into().ok()?) } else { (14, head[14..14 + FAST_L3_LEN].try_into().ok()?) };
