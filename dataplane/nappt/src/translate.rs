@@ -427,9 +427,10 @@ impl Nappt {
         if sport.wrapping_sub(port_lo) >= table.ports_per_phone {
             return None;
         }
-        let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
-        fast_rewrite(ip, at.is_tcp(), src, public);
-        ip[12..16].copy_from_slice(&public.to_be_bytes());
+        let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+        let public = public.to_be_bytes();
+        fast_rewrite(ip, at.is_tcp(), src, u32::from_ne_bytes(public));
+        ip[12..16].copy_from_slice(&public);
         eth[..12].copy_from_slice(&macs);
         Some(Verdict::ToWan)
     }
@@ -445,9 +446,10 @@ impl Nappt {
         }
         let private = table.address_at(at.offset());
         let (eth, ip) = fast_split(frame, at)?;
-        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        fast_rewrite(ip, at.is_tcp(), dst, private);
-        ip[16..20].copy_from_slice(&private.to_be_bytes());
+        let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        let private = private.to_be_bytes();
+        fast_rewrite(ip, at.is_tcp(), dst, u32::from_ne_bytes(private));
+        ip[16..20].copy_from_slice(&private);
         eth[..12].copy_from_slice(&mac_pair(entry.mac(), lan_mac));
         Some(Verdict::ToLan)
     }
@@ -1096,32 +1098,37 @@ fn fold32(x: u32) -> u16 {
 }
 
 /// Applies an address change `old -> new` to the fast-path packet: transport checksum (UDP 0
-/// stays 0), TTL and header checksum. The caller writes the address itself.
+/// stays 0), TTL and header checksum. The caller writes the address itself. `old` and `new` are
+/// the address's 4 bytes read in memory order (`u32::from_ne_bytes`).
 ///
 /// RFC 1624 eqn. 3 with the address taken as one 32-bit term (2^16 = 1 in one's-complement
 /// arithmetic, so `~old32 + new32` is the sum of the two 16-bit changes, and a sum kept in 32
 /// bits with end-around carry folds to the same 16 bits) and the TTL decrement as the constant
-/// it always adds: the TTL/protocol word `w` becomes `w - 0x100`, and `~w + (w - 0x100) =
-/// 0xFEFF` for every `w >= 0x100`. The result is bit for bit what the general path's
-/// [`Incremental`] gives (a property test compares them on every field).
+/// it always adds. All of it in memory byte order, without a byte swap: a one's-complement sum
+/// of byte-swapped words is the byte-swapped sum (RFC 1071, 2.(B)), and the checksums are read
+/// and written in that same order. The TTL/protocol word `w` read so loses `d` =
+/// `u16::from_ne_bytes([1, 0])` (the TTL is above 1, so no borrow), and `~w + (w - d) = 0xFFFF -
+/// d` for every such `w`. The result is bit for bit what the general path's [`Incremental`]
+/// gives (a property test compares them on every field).
 #[inline(always)]
 fn fast_rewrite(ip: &mut [u8; FAST_L3_LEN], tcp: bool, old: u32, new: u32) {
+    const TTL_DECREMENT: u32 = 0xFFFF - u16::from_ne_bytes([1, 0]) as u32;
     let address = add_end_around(!old, new);
     if tcp {
-        let old = u16::from_be_bytes([ip[36], ip[37]]);
-        ip[36..38].copy_from_slice(&(!fold32(add_end_around(address, u32::from(!old)))).to_be_bytes());
+        let old = u16::from_ne_bytes([ip[36], ip[37]]);
+        ip[36..38].copy_from_slice(&(!fold32(add_end_around(address, u32::from(!old)))).to_ne_bytes());
     } else {
-        let old = u16::from_be_bytes([ip[26], ip[27]]);
+        let old = u16::from_ne_bytes([ip[26], ip[27]]);
         let new = match !fold32(add_end_around(address, u32::from(!old))) {
             _ if old == 0 => 0,
             0 => 0xFFFF,
             other => other,
         };
-        ip[26..28].copy_from_slice(&new.to_be_bytes());
+        ip[26..28].copy_from_slice(&new.to_ne_bytes());
     }
-    let old = u16::from_be_bytes([ip[10], ip[11]]);
-    let header = add_end_around(add_end_around(address, 0xFEFF), u32::from(!old));
-    ip[10..12].copy_from_slice(&(!fold32(header)).to_be_bytes());
+    let old = u16::from_ne_bytes([ip[10], ip[11]]);
+    let header = add_end_around(add_end_around(address, TTL_DECREMENT), u32::from(!old));
+    ip[10..12].copy_from_slice(&(!fold32(header)).to_ne_bytes());
     ip[8] -= 1;
 }
 
