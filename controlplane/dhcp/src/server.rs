@@ -146,8 +146,7 @@ impl RecvBatch {
 const SEND_CHUNK: usize = 64;
 
 /// Receive buffer asked for the server socket: about a thousand queued datagrams, so that a burst
-/// arriving while the thread is descheduled (the committer shares its core) waits instead of being
-/// dropped.
+/// arriving while the thread commits (an fsync) or gathers waits instead of being dropped.
 pub const RECV_BUFFER_BYTES: usize = 1 << 20;
 
 /// A UDP socket on the server port, optionally bound to one interface.
@@ -356,8 +355,7 @@ impl Server {
                         }
                         sort(&mut one, &mut at_once, &mut durable);
                     }
-                    deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
-                    at_once.replies.clear();
+                    deliver(&*transport, &leases, &mut at_once);
                     handled += received.len();
                     if received.len() < DRAIN || durable.writes.len() >= committer.max_writes() {
                         break;
@@ -367,8 +365,7 @@ impl Server {
                     next_sweep = Instant::now() + sweep_every;
                     let mut swept = engine.sweep(now.unwrap_or_else(|| clock()));
                     sort(&mut swept, &mut at_once, &mut durable);
-                    deliver(&*transport, &leases, &at_once.replies, at_once.effects.drain(..));
-                    at_once.replies.clear();
+                    deliver(&*transport, &leases, &mut at_once);
                 }
                 commit(&committer, &mut durable, &*transport, &leases);
                 if let Ok(mut c) = thread_counters.lock() {
@@ -475,19 +472,16 @@ fn publish(leases: &LeaseSink, effects: impl IntoIterator<Item = Effect>) {
     }
 }
 
-/// Publishes a reply set's lease events, then sends its replies. Events go first so a phone that
-/// uses its address the moment its ACK arrives (a TFTP request for its per-phone file) finds the
-/// lease table current.
-fn deliver<T: Transport>(
-    transport: &T,
-    leases: &LeaseSink,
-    replies: &[Reply],
-    effects: impl IntoIterator<Item = Effect>,
-) {
-    publish(leases, effects);
-    if !replies.is_empty() {
-        transport.send_batch(replies);
+/// Publishes a reply set's lease events, then sends its replies, leaving `out` empty. Events go
+/// first so a phone that uses its address the moment its ACK arrives (a TFTP request for its
+/// per-phone file) finds the lease table current.
+fn deliver<T: Transport>(transport: &T, leases: &LeaseSink, out: &mut Output) {
+    publish(leases, out.effects.drain(..));
+    if !out.replies.is_empty() {
+        transport.send_batch(&out.replies);
     }
+    out.replies.clear();
+    out.writes.clear();
 }
 
 /// Moves one datagram's output (`one`, left empty) to `at_once` when it needs no write (OFFER,
@@ -508,14 +502,14 @@ fn commit<T: Transport>(committer: &GroupCommitter, durable: &mut Output, transp
         return;
     }
     match committer.apply_here(&durable.writes) {
-        Ok(()) => deliver(transport, leases, &durable.replies, durable.effects.drain(..)),
+        Ok(()) => deliver(transport, leases, durable),
         Err(e) => {
             tracing::error!(error = %e, withheld = durable.replies.len(), "dhcp: lease not durable, replies withheld");
+            durable.replies.clear();
             durable.effects.clear();
+            durable.writes.clear();
         }
     }
-    durable.replies.clear();
-    durable.writes.clear();
 }
 
 #[cfg(test)]
@@ -619,11 +613,7 @@ mod tests {
     fn acks_leave_only_after_their_lease_is_durable() {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
-        let committer = Arc::new(GroupCommitter::new(
-            TestStore::new(memory.clone(), Duration::from_millis(20)),
-            Duration::from_millis(5),
-            1024,
-        ));
+        let committer = slow_committer(&memory);
         let (events_tx, events_rx) = mpsc::channel();
         let events_tx = Mutex::new(events_tx);
         let sink: LeaseSink = Arc::new(move |events: &[LeaseEvent]| {
@@ -687,11 +677,7 @@ mod tests {
     fn a_wake_up_sends_its_offers_together_and_its_acks_together_after_their_commit() {
         let memory = Arc::new(MemoryStore::new());
         let fake = Fake::new(memory.clone());
-        let committer = Arc::new(GroupCommitter::new(
-            TestStore::new(memory.clone(), Duration::from_millis(20)),
-            Duration::from_millis(5),
-            1024,
-        ));
+        let committer = slow_committer(&memory);
         let server = spawn_example(fake.clone(), Arc::clone(&committer));
         for n in 1..=3 {
             fake.inbox.lock().unwrap().push_back(Msg::new(MessageType::Discover, mac(n), YEALINK).bytes());
@@ -799,6 +785,15 @@ mod tests {
         server.stop();
         let reads = broken.0.load(Ordering::SeqCst);
         assert!((1..=6).contains(&reads), "{reads} failed reads in 350 ms");
+    }
+
+    /// A committer over `memory` whose every commit takes 20 ms.
+    fn slow_committer(memory: &Arc<MemoryStore>) -> Arc<GroupCommitter> {
+        Arc::new(GroupCommitter::new(
+            TestStore::new(memory.clone(), Duration::from_millis(20)),
+            Duration::from_millis(5),
+            1024,
+        ))
     }
 
     /// A server of the example configuration, no leases yet, over `transport` and `committer`,

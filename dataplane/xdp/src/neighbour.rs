@@ -321,7 +321,7 @@ fn watch(
     let mut warned = false;
     while !stop.load(Ordering::Relaxed) {
         if let Some(update) = own.changed() {
-            workers.send(Control::Nappt(update));
+            workers.update(update);
         }
         let entries = match table.dump() {
             Ok(entries) => {
