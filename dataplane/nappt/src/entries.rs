@@ -96,21 +96,19 @@ impl EntryTable {
         Some(PhoneEntry::from_bytes(bytes))
     }
 
-    /// The entry at `offset` for the fast path: one bounds check, against the mapping. An offset
-    /// past the end but inside the mapping's padding reads as not leased (the padding is zero
-    /// and [`EntryTable::set`] never writes it), so callers that only act on leased entries
-    /// need no check of their own.
+    /// The bytes of the entry at `offset` ([`PhoneEntry::from_bytes`]) as a reference to read
+    /// later, with a prefetch of its cache line started (a hint: it never faults). One bounds
+    /// check, against the mapping: `None` past it, and an offset past the end but inside the
+    /// mapping's padding reads as not leased (the padding is zero and [`EntryTable::set`] never
+    /// writes it). The fast path takes the reference in its first pass, where the offset is
+    /// found, and reads through it in the second, when the line has arrived, without finding
+    /// the entry again.
     #[inline(always)]
-    pub fn get_padded(&self, offset: usize) -> Option<PhoneEntry> {
+    pub fn prefetched(&self, offset: usize) -> Option<&[u8; ENTRY_BYTES]> {
         let at = self.start + offset * ENTRY_BYTES;
-        self.map.get(at..)?.first_chunk::<ENTRY_BYTES>().map(|bytes| PhoneEntry::from_bytes(*bytes))
-    }
-
-    /// Starts loading the cache line of the entry at `offset` without waiting for it (a hint:
-    /// never faults, whatever the offset).
-    #[inline(always)]
-    pub fn prefetch(&self, offset: usize) {
-        prefetch_index::prefetch_index(&self.map[..], self.start.wrapping_add(offset.wrapping_mul(ENTRY_BYTES)));
+        let entry = self.map.get(at..)?.first_chunk::<ENTRY_BYTES>()?;
+        prefetch_index::prefetch_index(std::slice::from_ref(entry), 0);
+        Some(entry)
     }
 
     /// Replaces the entry at `offset`; does nothing past the end (callers check offsets first).
@@ -163,8 +161,10 @@ mod tests {
             assert_eq!(table.get(len), None, "past the end");
             table.set(len, leased(3));
             assert_eq!(table.get(len), None, "a write past the end changes nothing");
-            assert!(table.get_padded(len).is_none_or(|e| !e.is_leased()), "padding reads not leased");
-            assert_eq!(table.get_padded(len - 1), Some(leased(2)));
+            let read = |offset| table.prefetched(offset).map(|bytes| PhoneEntry::from_bytes(*bytes));
+            assert!(read(len).is_none_or(|e| !e.is_leased()), "padding reads not leased");
+            assert_eq!(read(len - 1), Some(leased(2)));
+            assert_eq!(read(usize::MAX / 16), None, "far past the mapping");
         }
     }
 

@@ -227,6 +227,37 @@ impl PoolMap {
     }
 }
 
+/// A set of /16 prefixes as 65,536 bits (8 KiB): one load and a shift say whether an address
+/// may need a closer look. The fast path keeps the few exact range tests behind it, so they
+/// run only for addresses in a marked /16, and the worker's loop holds one constant for them
+/// instead of five.
+#[derive(Debug, Clone)]
+pub(crate) struct PrefixFilter {
+    bits: Box<[u64; 1024]>,
+}
+
+impl PrefixFilter {
+    /// The /16 prefixes for which `marked(first, last)` (the prefix's first and last address)
+    /// is true.
+    pub(crate) fn new(marked: impl Fn(u32, u32) -> bool) -> Self {
+        let mut bits = Box::new([0u64; 1024]);
+        for prefix in 0u32..1 << 16 {
+            let first = prefix << 16;
+            if marked(first, first | 0xFFFF) {
+                bits[(prefix >> 6) as usize] |= 1 << (prefix & 63);
+            }
+        }
+        Self { bits }
+    }
+
+    /// Whether `addr`'s /16 is marked.
+    #[inline(always)]
+    pub(crate) fn contains(&self, addr: u32) -> bool {
+        // `addr >> 22` is below 1024: no bounds check.
+        (self.bits[(addr >> 22) as usize] >> ((addr >> 16) & 63)) & 1 != 0
+    }
+}
+
 /// One class's table and its port-block arithmetic.
 #[derive(Debug, Clone)]
 pub struct ClassTable {

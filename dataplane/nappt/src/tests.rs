@@ -434,10 +434,7 @@ proptest! {
         fast_buffer.resize(FRAME_CAPACITY, 0);
         let mut slow_buffer = fast_buffer.clone();
         let mut fast_frame = Frame::new(&mut fast_buffer, input.len(), side);
-        let fast = match side {
-            Side::Lan => fast_worker.fast_outbound(&mut fast_frame),
-            Side::Wan => fast_worker.fast_inbound(&mut fast_frame),
-        };
+        let fast = fast_worker.fast_one(&mut fast_frame);
         let fast_bytes = fast_frame.bytes().to_vec();
         let mut slow_frame = Frame::new(&mut slow_buffer, input.len(), side);
         let slow = match side {
@@ -455,6 +452,28 @@ proptest! {
 }
 
 proptest! {
+    /// Every outbound destination the exact tests send elsewhere (the gateway, the LAN,
+    /// multicast and broadcast, the span of the public pools) is in a /16 the filter marks:
+    /// the filter may only add work, never skip a test that matters.
+    #[test]
+    fn the_destination_filter_marks_every_special_destination(anywhere in any::<u32>(), delta in 0u32..70_000) {
+        let (_, worker) = vector_worker(vectors());
+        // The gateway's WAN address (192.0.2.1), the LAN (100.64.0.0/16), multicast: ± delta.
+        let mut addrs = vec![anywhere, 0xE000_0000 + delta, 0xDFFF_FFFF - delta, 0xC000_0201, 0x6440_0000 + delta];
+        for table in worker.classes() {
+            for edge in [table.lan_base, table.lan_base + table.phones, table.public_base, table.public_base + table.public_addresses] {
+                addrs.extend([edge.wrapping_add(delta), edge.wrapping_sub(delta)]);
+            }
+        }
+        let mut special = 0;
+        for addr in addrs {
+            let (marked, exact) = worker.special_destination(addr);
+            prop_assert!(marked || !exact, "{:#010x} is special but its /16 is not marked", addr);
+            special += usize::from(exact);
+        }
+        prop_assert!(special > 0 || delta > 0, "the pool edges themselves are special");
+    }
+
     /// The prefix maps find the same class, offset and public index as checking every class,
     /// for addresses anywhere and at the edges of every pool.
     #[test]
