@@ -215,8 +215,11 @@ impl PortBlockPlan {
         if block_index >= self.blocks_per_address {
             return None;
         }
-        let offset = address_index * self.blocks_per_address + block_index;
-        (offset < self.phones).then_some(offset)
+        // In 64 bits: with a public pool far larger than the plan needs (a /8 with small
+        // blocks), `address_index * blocks_per_address` passes 2^32 and would wrap onto the
+        // offset of some other phone.
+        let offset = u64::from(address_index) * u64::from(self.blocks_per_address) + u64::from(block_index);
+        u32::try_from(offset).ok().filter(|&offset| offset < self.phones)
     }
 }
 
@@ -243,6 +246,14 @@ mod tests {
         assert_eq!(second.public_ip, Ipv4Addr::new(198, 51, 100, 1));
         assert_eq!(second.port_lo, 1024);
         assert_eq!(p.public_addresses_used(), 66);
+    }
+
+    #[test]
+    fn the_inverse_does_not_wrap_onto_another_phone() {
+        // 4,032 blocks per address: address index 15,978,301 times 4,032 is 192 modulo 2^32.
+        let p = PortBlockPlan::new(1000, Ipv4Addr::new(10, 0, 0, 0), 1 << 24, 16).expect("plan fits");
+        assert_eq!(p.offset_for(Ipv4Addr::from(0x0A00_0000 + 15_978_301), 1024), None);
+        assert_eq!(p.offset_for(Ipv4Addr::new(10, 0, 0, 0), 1024 + 192 * 16), Some(192));
     }
 
     #[test]

@@ -217,13 +217,18 @@ impl PoolMap {
     }
 
     /// The class whose pool holds `addr`, if any.
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn class(&self, addr: u32) -> Option<usize> {
+        Some(self.slot(addr)).filter(|&class| class != usize::from(Self::NONE))
+    }
+
+    /// The class whose pool holds `addr`, or [`PoolMap::NONE`] (65,535, never a class index:
+    /// [`PoolMap::new`] refuses that many classes), so that the caller's index into its class
+    /// list is the only check.
+    #[inline(always)]
+    pub(crate) fn slot(&self, addr: u32) -> usize {
         let slot = (addr.wrapping_sub(self.base) >> self.shift) as usize;
-        match self.slots.get(slot) {
-            Some(&class) if class != Self::NONE => Some(usize::from(class)),
-            _ => None,
-        }
+        usize::from(self.slots.get(slot).copied().unwrap_or(Self::NONE))
     }
 }
 
@@ -327,6 +332,9 @@ impl ClassTable {
     }
 
     /// The inverse function: which offset owns `port` on the public address at `public_index`.
+    /// In 64 bits: a public pool far larger than the plan needs (a /8 with small blocks) puts
+    /// `public_index * blocks_per_address` past 2^32, where 32-bit arithmetic would wrap onto
+    /// some leased phone's offset.
     #[inline(always)]
     pub fn offset_for(&self, public_index: u32, port: u16) -> Option<u32> {
         let above = u32::from(port).checked_sub(self.reserved_ports)?;
@@ -334,8 +342,12 @@ impl ClassTable {
         if block_index >= self.blocks_per_address {
             return None;
         }
-        let offset = public_index * self.blocks_per_address + block_index;
-        (offset < self.phones).then_some(offset)
+        let offset = u64::from(public_index) * u64::from(self.blocks_per_address) + u64::from(block_index);
+        if offset < u64::from(self.phones) {
+            Some(offset as u32)
+        } else {
+            None
+        }
     }
 
     /// The LAN address at `offset`.
@@ -460,6 +472,37 @@ mod tests {
         assert!(PoolMap::new(&[(0x0A00_0000, 8), (0x0B00_0000, 30)]).is_none());
     }
 
+    /// A class around `plan` (only the plan matters to the tables).
+    fn class_of(plan: PortBlockPlan) -> PhoneClass {
+        PhoneClass {
+            name: "t".into(),
+            vendor_class: dialtone_config::VendorClassRule::Exact(b"t".to_vec()),
+            mac_oui: vec![],
+            lan_pool: "100.64.0.0/16".parse().expect("valid net"),
+            public_pool: "198.51.100.0/24".parse().expect("valid net"),
+            plan,
+            tftp_server: Ipv4Addr::new(100, 64, 0, 1),
+            boot_file: None,
+            lease_time: std::time::Duration::from_secs(60),
+            port_option: None,
+            vendor_port_option: false,
+            tftp_root: "/".into(),
+            config_files: vec![],
+            parameters: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_inverse_does_not_wrap_onto_a_leased_phone() {
+        // 1,000 phones, a /8 of public addresses, 16-port blocks (4,032 per address): in 32
+        // bits, address 15,978,301 times 4,032 wraps to 192, phone 192's offset.
+        let plan = PortBlockPlan::new(1000, Ipv4Addr::new(10, 0, 0, 0), 1 << 24, 16).expect("plan fits");
+        let table = ClassTable::new(&class_of(plan));
+        assert_eq!(table.offset_for(15_978_301, 1024), None);
+        assert_eq!(plan.offset_for(Ipv4Addr::from(0x0A00_0000 + 15_978_301), 1024), None);
+        assert_eq!(table.offset_for(0, 1024 + 192 * 16), Some(192), "phone 192's own block");
+    }
+
     #[test]
     fn divisor_edges() {
         for d in [1u32, 2, 3, 7, 15, 63, 64, 127, 4032, u32::MAX] {
@@ -488,23 +531,7 @@ mod tests {
             let phones = (addresses * per_address).min(1 << 16);
             let plan = PortBlockPlan::new(phones, Ipv4Addr::new(198, 51, 100, 0), addresses, ports)
                 .expect("plan fits by construction");
-            let class = PhoneClass {
-                name: "t".into(),
-                vendor_class: dialtone_config::VendorClassRule::Exact(b"t".to_vec()),
-                mac_oui: vec![],
-                lan_pool: "100.64.0.0/16".parse().expect("valid net"),
-                public_pool: "198.51.100.0/24".parse().expect("valid net"),
-                plan,
-                tftp_server: Ipv4Addr::new(100, 64, 0, 1),
-                boot_file: None,
-                lease_time: std::time::Duration::from_secs(60),
-                port_option: None,
-                vendor_port_option: false,
-                tftp_root: "/".into(),
-                config_files: vec![],
-                parameters: Default::default(),
-            };
-            let table = ClassTable::new(&class);
+            let table = ClassTable::new(&class_of(plan));
             let offset = offset_seed % phones;
             let block = plan.port_block_for(offset).expect("offset in plan");
             let (public, port_lo) = table.block_of(offset);

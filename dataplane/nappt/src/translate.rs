@@ -357,7 +357,8 @@ impl Nappt {
         lan: L,
         public: P,
     ) {
-        for (i, frame) in frames.iter_mut().take(LOOKAHEAD).enumerate() {
+        // `frames` holds at most LOOKAHEAD frames ([`Nappt::fast_group`]).
+        for (i, frame) in frames.iter_mut().enumerate() {
             let side = side_of::<FROM>(frame);
             let Some((eth, ip, tcp)) = fast_headers(frame) else {
                 continue;
@@ -419,7 +420,7 @@ impl Nappt {
         {
             return None;
         }
-        let (_, offset, table) = lan.find(&self.classes, src)?;
+        let (offset, table) = lan.find_fast(&self.classes, src)?;
         // The entry the second pass reads, prefetched, with the class table at hand.
         let entry = table.entries.prefetched(offset as usize)?;
         Some((table, entry, Located::new(offset, tcp, Side::Lan)))
@@ -978,6 +979,15 @@ trait PoolLookup: Copy {
     /// The class of `addr`, the address's index in that class's pool (the phone offset for a
     /// LAN pool, the public address index for a public pool) and the class table.
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)>;
+
+    /// [`PoolLookup::find`] for the fast path, which may also return a LAN offset past the
+    /// class's phones (but inside its pool): the fast path then reads the entry's padding or
+    /// finds no entry (`EntryTable::prefetched`), sees no lease and leaves the frame to the
+    /// general path, so the bound need not be checked twice.
+    #[inline(always)]
+    fn find_fast(self, classes: &[ClassTable], addr: u32) -> Option<(u32, &ClassTable)> {
+        self.find(classes, addr).map(|(_, index, table)| (index, table))
+    }
 }
 
 /// LAN pools by their prefix map.
@@ -999,9 +1009,16 @@ struct PublicByScan;
 impl PoolLookup for LanByMap<'_> {
     #[inline(always)]
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
-        let class = self.0.class(addr)?;
+        let class = self.0.slot(addr);
         let table = classes.get(class)?;
         Some((class, table.offset_of(addr)?, table))
+    }
+
+    #[inline(always)]
+    fn find_fast(self, classes: &[ClassTable], addr: u32) -> Option<(u32, &ClassTable)> {
+        // The map names the pool, so the offset is inside it.
+        let table = classes.get(self.0.slot(addr))?;
+        Some((addr.wrapping_sub(table.lan_base), table))
     }
 }
 
@@ -1020,7 +1037,7 @@ impl PoolLookup for LanByScan {
 impl PoolLookup for PublicByMap<'_> {
     #[inline(always)]
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
-        let class = self.0.class(addr)?;
+        let class = self.0.slot(addr);
         let table = classes.get(class)?;
         Some((class, table.public_index(addr)?, table))
     }
@@ -1209,12 +1226,12 @@ fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<bool> {
     const HEAD_MASK: u64 = 0xFF | ((0x3FFF_u16.swap_bytes() as u64) << 48);
     const HEAD_WANT: u64 = 0x45;
     let head = u64::from_le_bytes([ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7]]);
-    let tcp = match ip[9] {
-        PROTOCOL_UDP => false,
-        PROTOCOL_TCP => true,
-        _ => return None,
-    };
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let tcp = ip[9] == PROTOCOL_TCP;
+    if !tcp && ip[9] != PROTOCOL_UDP {
+        return None;
+    }
+    // The total length (bytes 2-3, big-endian) from the same word.
+    let total = usize::from(((head >> 16) as u16).swap_bytes());
     // UDP needs 28 bytes, TCP 40 (the length of the data offset is checked below).
     let needed = ipv4::MIN_HEADER_LEN + udp::HEADER_LEN + usize::from(tcp) * (tcp::MIN_HEADER_LEN - udp::HEADER_LEN);
     let tcp_header_len = usize::from(ip[32] >> 4) * 4;
