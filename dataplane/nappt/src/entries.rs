@@ -105,8 +105,8 @@ impl EntryTable {
     /// the entry again.
     #[inline(always)]
     pub fn prefetched(&self, offset: usize) -> Option<&[u8; ENTRY_BYTES]> {
-        let at = self.start + offset * ENTRY_BYTES;
-        let entry = self.map.get(at..)?.first_chunk::<ENTRY_BYTES>()?;
+        // The mapping as whole entries (`start` is a multiple of their size): one check.
+        let entry = self.map.as_chunks::<ENTRY_BYTES>().0.get(self.start / ENTRY_BYTES + offset)?;
         prefetch_index::prefetch_index(std::slice::from_ref(entry), 0);
         Some(entry)
     }

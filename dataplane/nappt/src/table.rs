@@ -337,17 +337,25 @@ impl ClassTable {
     /// some leased phone's offset.
     #[inline(always)]
     pub fn offset_for(&self, public_index: u32, port: u16) -> Option<u32> {
-        let above = u32::from(port).checked_sub(self.reserved_ports)?;
-        let block_index = above >> self.ports_shift;
-        if block_index >= self.blocks_per_address {
-            return None;
-        }
-        let offset = u64::from(public_index) * u64::from(self.blocks_per_address) + u64::from(block_index);
+        let offset = self.block_offset(public_index, port)?;
         if offset < u64::from(self.phones) {
             Some(offset as u32)
         } else {
             None
         }
+    }
+
+    /// [`ClassTable::offset_for`] before its last check: the offset of the block, which may be
+    /// at or past `phones` (the fast path reads such an offset's entry as not leased). Below
+    /// 2^48: `public_index < 2^32`, `blocks_per_address <= 2^16`.
+    #[inline(always)]
+    pub fn block_offset(&self, public_index: u32, port: u16) -> Option<u64> {
+        let above = u32::from(port).checked_sub(self.reserved_ports)?;
+        let block_index = above >> self.ports_shift;
+        if block_index >= self.blocks_per_address {
+            return None;
+        }
+        Some(u64::from(public_index) * u64::from(self.blocks_per_address) + u64::from(block_index))
     }
 
     /// The LAN address at `offset`.

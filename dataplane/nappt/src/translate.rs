@@ -316,47 +316,56 @@ impl Nappt {
         let n = frames.len().min(out.len()).min(LOOKAHEAD);
         let (frames, out) = (&mut frames[..n], &mut out[..n]);
         let all = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
-        let mut located: ArrayVec<FastFrame<'_, '_>, LOOKAHEAD> = ArrayVec::new();
         // The lookups are chosen once for the group, not tested per frame.
-        match (FROM, &self.lan_map, &self.public_map) {
-            (FROM_LAN, Some(lan), _) => {
-                self.locate_group::<FROM, _, _>(frames, &mut located, LanByMap(lan), PublicByScan);
-            }
-            (FROM_LAN, None, _) => self.locate_group::<FROM, _, _>(frames, &mut located, LanByScan, PublicByScan),
-            (FROM_WAN, _, Some(public)) => {
-                self.locate_group::<FROM, _, _>(frames, &mut located, LanByScan, PublicByMap(public));
-            }
-            (FROM_WAN, _, None) => self.locate_group::<FROM, _, _>(frames, &mut located, LanByScan, PublicByScan),
-            (_, Some(lan), Some(public)) => {
-                self.locate_group::<FROM, _, _>(frames, &mut located, LanByMap(lan), PublicByMap(public));
-            }
-            _ => self.locate_group::<FROM, _, _>(frames, &mut located, LanByScan, PublicByScan),
-        }
+        let mut located = match (FROM, &self.lan_map, &self.public_map) {
+            (FROM_LAN, Some(lan), _) => self.locate_group::<FROM, _, _>(frames, LanByMap(lan), PublicByScan),
+            (FROM_LAN, None, _) => self.locate_group::<FROM, _, _>(frames, LanByScan, PublicByScan),
+            (FROM_WAN, _, Some(public)) => self.locate_group::<FROM, _, _>(frames, LanByScan, PublicByMap(public)),
+            (FROM_WAN, _, None) => self.locate_group::<FROM, _, _>(frames, LanByScan, PublicByScan),
+            (_, Some(lan), Some(public)) => self.locate_group::<FROM, _, _>(frames, LanByMap(lan), PublicByMap(public)),
+            _ => self.locate_group::<FROM, _, _>(frames, LanByScan, PublicByScan),
+        };
         let (taken, mut to_wan, mut to_lan) = self.apply_group::<FROM>(&mut located, out);
         // The located frames borrow the tables: gone before the counters change.
         drop(located);
-        // A group from one side counts its taken frames at once.
-        match FROM {
-            FROM_LAN => to_wan = u64::from(taken.count_ones()),
-            FROM_WAN => to_lan = u64::from(taken.count_ones()),
-            _ => {}
+        // A group from one side counts its taken frames and writes their verdicts at once
+        // (all of them, usually: a fill of 64 bytes).
+        let one_side = match FROM {
+            FROM_LAN => Some(Verdict::ToWan),
+            FROM_WAN => Some(Verdict::ToLan),
+            _ => None,
+        };
+        if let Some(verdict) = one_side {
+            *if FROM == FROM_LAN { &mut to_wan } else { &mut to_lan } = u64::from(taken.count_ones());
+            if taken == all {
+                out.fill(verdict);
+            } else {
+                let mut rest = taken;
+                while rest != 0 {
+                    let i = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = verdict;
+                    }
+                }
+            }
         }
         self.counters.to_wan += to_wan;
         self.counters.to_lan += to_lan;
         all & !taken
     }
 
-    /// Pass 1 of [`Nappt::fast_group`]: appends each frame it locates to `located`, in frame
-    /// order. A function of its own, so that its registers hold the lookup's constants rather
+    /// Pass 1 of [`Nappt::fast_group`]: the frames it locates, in frame order. A function of
+    /// its own, so that its registers hold the lookup's constants rather
     /// than those of pass 2; `lan` and `public` are the lookups picked for the group.
     #[inline(never)]
     fn locate_group<'f, 't, const FROM: u8, L: PoolLookup, P: PoolLookup>(
         &'t self,
         frames: &'f mut [Frame<'_>],
-        located: &mut ArrayVec<FastFrame<'f, 't>, LOOKAHEAD>,
         lan: L,
         public: P,
-    ) {
+    ) -> ArrayVec<FastFrame<'f, 't>, LOOKAHEAD> {
+        let mut located = ArrayVec::new();
         // `frames` holds at most LOOKAHEAD frames ([`Nappt::fast_group`]).
         for (i, frame) in frames.iter_mut().enumerate() {
             let side = side_of::<FROM>(frame);
@@ -372,6 +381,7 @@ impl Nappt {
                 let _ = located.try_push(FastFrame { eth, ip, table, entry, at: at.at_index(i) });
             }
         }
+        located
     }
 
     /// Pass 2 of [`Nappt::fast_group`] over the located frames: returns the taken frames as a
@@ -387,9 +397,6 @@ impl Nappt {
         let (mut taken, mut to_wan, mut to_lan) = (0u64, 0u64, 0u64);
         for frame in located {
             let i = frame.at.index();
-            let Some(verdict) = out.get_mut(i) else {
-                break;
-            };
             let lan = side_of_located::<FROM>(frame.at) == Side::Lan;
             let fast = if lan {
                 to_wan_macs.is_some_and(|macs| self.apply_outbound(frame, macs))
@@ -397,9 +404,12 @@ impl Nappt {
                 lan_mac.is_some_and(|mac| self.apply_inbound(frame, mac))
             };
             if fast {
-                *verdict = if lan { Verdict::ToWan } else { Verdict::ToLan };
                 taken |= 1 << i;
                 if FROM == FROM_EITHER {
+                    // A group from one side has its verdicts written by the caller, at once.
+                    if let Some(verdict) = out.get_mut(i) {
+                        *verdict = if lan { Verdict::ToWan } else { Verdict::ToLan };
+                    }
                     to_wan += u64::from(lan);
                     to_lan += u64::from(!lan);
                 }
@@ -423,7 +433,7 @@ impl Nappt {
         let (offset, table) = lan.find_fast(&self.classes, src)?;
         // The entry the second pass reads, prefetched, with the class table at hand.
         let entry = table.entries.prefetched(offset as usize)?;
-        Some((table, entry, Located::new(offset, tcp, Side::Lan)))
+        Some((table, entry, Located::new(u64::from(offset), tcp, Side::Lan)))
     }
 
     /// The common inbound case, located: an unfragmented UDP or TCP packet without IP options
@@ -432,9 +442,10 @@ impl Nappt {
     fn locate_inbound<P: PoolLookup>(&self, public: P, ip: &[u8; FAST_L3_LEN], tcp: bool) -> Option<Entry<'_>> {
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
         let (_, public_index, table) = self.public_class_in(public, dst)?;
-        let offset = table.offset_for(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
+        // An offset past the class's phones reads as not leased, as in `PoolLookup::find_fast`.
+        let offset = table.block_offset(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
         // As in [`Nappt::locate_outbound`].
-        let entry = table.entries.prefetched(offset as usize)?;
+        let entry = table.entries.prefetched(usize::try_from(offset).ok()?)?;
         Some((table, entry, Located::new(offset, tcp, Side::Wan)))
     }
 
@@ -1060,7 +1071,7 @@ impl PoolLookup for PublicByScan {
 pub(crate) type Lookups = (Option<(usize, u32)>, Option<(usize, u32)>);
 
 /// Where pass 1 of [`Nappt::fast_group`] found a frame's phone, packed in 8 bytes: the offset
-/// in bits 0-31, bit 48 for TCP (else UDP), bit 49 for a frame from the WAN, the frame's index
+/// in bits 0-47, bit 48 for TCP (else UDP), bit 49 for a frame from the WAN, the frame's index
 /// in its group in bits 56-63.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Located(u64);
@@ -1069,12 +1080,14 @@ struct Located(u64);
 type Entry<'t> = (&'t ClassTable, &'t [u8; 8], Located);
 
 impl Located {
+    const OFFSET: u64 = (1 << 48) - 1;
     const TCP: u64 = 1 << 48;
     const WAN: u64 = 1 << 49;
 
+    /// `offset` is below 2^48 (a block offset, [`ClassTable::block_offset`]).
     #[inline(always)]
-    fn new(offset: u32, tcp: bool, side: Side) -> Self {
-        Located((u64::from(side == Side::Wan) * Self::WAN) | (u64::from(tcp) * Self::TCP) | u64::from(offset))
+    fn new(offset: u64, tcp: bool, side: Side) -> Self {
+        Located((u64::from(side == Side::Wan) * Self::WAN) | (u64::from(tcp) * Self::TCP) | (offset & Self::OFFSET))
     }
 
     /// With the frame's index in its group (below [`LOOKAHEAD`]) in bits 56-63.
@@ -1088,6 +1101,9 @@ impl Located {
         (self.0 >> 56) as usize
     }
 
+    /// The offset, which is below the class's phones (so fits 32 bits) whenever the entry
+    /// read through it is leased: [`EntryTable::set`](crate::entries::EntryTable::set) writes no
+    /// other entry.
     #[inline(always)]
     fn offset(self) -> u32 {
         self.0 as u32
@@ -1126,7 +1142,7 @@ struct FastFrame<'f, 't> {
     ip: &'f mut [u8; FAST_L3_LEN],
     /// The phone's class table.
     table: &'t ClassTable,
-    /// The phone's entry, prefetched ([`EntryTable::prefetched`]).
+    /// The phone's entry, prefetched ([`EntryTable::prefetched`](crate::entries::EntryTable::prefetched)).
     entry: &'t [u8; 8],
     at: Located,
 }
@@ -1215,29 +1231,27 @@ fn fast_headers<'f>(frame: &'f mut Frame<'_>) -> Option<(&'f mut [u8; 12], &'f m
 /// For a fast-path packet (`available` bytes from the IP header on): whether it is TCP (else
 /// UDP), or `None` when it needs the general path.
 ///
-/// The general path's conditions, tested a word at a time: version 4 with a 20-byte header,
-/// neither more fragments nor a fragment offset (the flag bit 0x8000 and DF are not looked at),
+/// The general path's conditions: version 4 with a 20-byte header, neither more fragments nor
+/// a fragment offset (the flag bit 0x8000 and DF are not looked at),
 /// TTL above 1, UDP or TCP, a total length that holds the transport header and fits the frame,
 /// and for TCP a data offset from 20 bytes to what the packet holds.
 #[inline(always)]
 fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<bool> {
-    // Bytes 0..8 as one little-endian word: byte 0 (version, IHL) in bits 0-7, the flags and
-    // fragment offset in bits 48-63.
-    const HEAD_MASK: u64 = 0xFF | ((0x3FFF_u16.swap_bytes() as u64) << 48);
-    const HEAD_WANT: u64 = 0x45;
-    let head = u64::from_le_bytes([ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7]]);
+    // The flags and fragment offset (bytes 6-7, big-endian) with DF and the reserved bit
+    // masked out: zero for an unfragmented datagram, tested as one word in memory order.
+    const FRAGMENT_MASK: u32 = u32::from_ne_bytes([0, 0, 0x3F, 0xFF]);
+    let unfragmented = u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]) & FRAGMENT_MASK == 0;
     let tcp = ip[9] == PROTOCOL_TCP;
     if !tcp && ip[9] != PROTOCOL_UDP {
         return None;
     }
-    // The total length (bytes 2-3, big-endian) from the same word.
-    let total = usize::from(((head >> 16) as u16).swap_bytes());
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     // UDP needs 28 bytes, TCP 40 (the length of the data offset is checked below).
     let needed = ipv4::MIN_HEADER_LEN + udp::HEADER_LEN + usize::from(tcp) * (tcp::MIN_HEADER_LEN - udp::HEADER_LEN);
     let tcp_header_len = usize::from(ip[32] >> 4) * 4;
     let tcp_offset_ok =
         !tcp || (tcp_header_len >= tcp::MIN_HEADER_LEN && tcp_header_len + ipv4::MIN_HEADER_LEN <= total);
-    (head & HEAD_MASK == HEAD_WANT && ip[8] > 1 && total >= needed && total <= available && tcp_offset_ok)
+    (ip[0] == 0x45 && unfragmented && ip[8] > 1 && total >= needed && total <= available && tcp_offset_ok)
         .then_some(tcp)
 }
 
