@@ -441,7 +441,12 @@ impl Nappt {
     #[inline(always)]
     fn locate_inbound<P: PoolLookup>(&self, public: P, ip: &[u8; FAST_L3_LEN], tcp: bool) -> Option<Entry<'_>> {
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        let (_, public_index, table) = self.public_class_in(public, dst)?;
+        // The scan needs the fast reject of addresses outside every public pool; a map rejects
+        // them itself.
+        if !P::MAPPED && dst.wrapping_sub(self.public_hull.0) >= self.public_hull.1 {
+            return None;
+        }
+        let (public_index, table) = public.find_fast(&self.classes, dst)?;
         // An offset past the class's phones reads as not leased, as in `PoolLookup::find_fast`.
         let offset = table.block_offset(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
         // As in [`Nappt::locate_outbound`].
@@ -987,14 +992,20 @@ fn side_of<const FROM: u8>(frame: &Frame<'_>) -> Side {
 /// order, and a scan that stopped at the match cost a mispredicted branch on most packets.
 /// The fast path picks the way once per group.
 trait PoolLookup: Copy {
+    /// Whether this is a prefix map (which answers `None` for any address outside its pools
+    /// with one check).
+    const MAPPED: bool = false;
+
     /// The class of `addr`, the address's index in that class's pool (the phone offset for a
     /// LAN pool, the public address index for a public pool) and the class table.
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)>;
 
-    /// [`PoolLookup::find`] for the fast path, which may also return a LAN offset past the
-    /// class's phones (but inside its pool): the fast path then reads the entry's padding or
-    /// finds no entry (`EntryTable::prefetched`), sees no lease and leaves the frame to the
-    /// general path, so the bound need not be checked twice.
+    /// [`PoolLookup::find`] for the fast path, which may also return an index past the class's
+    /// phones or public addresses (but inside its pool): the offset the fast path derives from
+    /// it is then at or past the class's phones (a plan's public addresses hold all its
+    /// phones' blocks), where it reads the entry's padding or finds no entry
+    /// (`EntryTable::prefetched`), sees no lease and leaves the frame to the general path. So
+    /// the bound need not be checked twice.
     #[inline(always)]
     fn find_fast(self, classes: &[ClassTable], addr: u32) -> Option<(u32, &ClassTable)> {
         self.find(classes, addr).map(|(_, index, table)| (index, table))
@@ -1018,6 +1029,8 @@ struct PublicByMap<'m>(&'m PoolMap);
 struct PublicByScan;
 
 impl PoolLookup for LanByMap<'_> {
+    const MAPPED: bool = true;
+
     #[inline(always)]
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
         let class = self.0.slot(addr);
@@ -1046,11 +1059,20 @@ impl PoolLookup for LanByScan {
 }
 
 impl PoolLookup for PublicByMap<'_> {
+    const MAPPED: bool = true;
+
     #[inline(always)]
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
         let class = self.0.slot(addr);
         let table = classes.get(class)?;
         Some((class, table.public_index(addr)?, table))
+    }
+
+    #[inline(always)]
+    fn find_fast(self, classes: &[ClassTable], addr: u32) -> Option<(u32, &ClassTable)> {
+        // The map names the pool, so the index is inside it.
+        let table = classes.get(self.0.slot(addr))?;
+        Some((addr.wrapping_sub(table.public_base), table))
     }
 }
 
@@ -1239,8 +1261,8 @@ fn fast_headers<'f>(frame: &'f mut Frame<'_>) -> Option<(&'f mut [u8; 12], &'f m
 fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<bool> {
     // The flags and fragment offset (bytes 6-7, big-endian) with DF and the reserved bit
     // masked out: zero for an unfragmented datagram, tested as one word in memory order.
-    const FRAGMENT_MASK: u32 = u32::from_ne_bytes([0, 0, 0x3F, 0xFF]);
-    let unfragmented = u32::from_ne_bytes([ip[4], ip[5], ip[6], ip[7]]) & FRAGMENT_MASK == 0;
+    const FRAGMENT_MASK: u16 = u16::from_ne_bytes([0x3F, 0xFF]);
+    let unfragmented = u16::from_ne_bytes([ip[6], ip[7]]) & FRAGMENT_MASK == 0;
     let tcp = ip[9] == PROTOCOL_TCP;
     if !tcp && ip[9] != PROTOCOL_UDP {
         return None;
