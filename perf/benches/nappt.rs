@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dialtone_nappt::{Frame, Side, Verdict, BYTES_PER_PHONE, HOT_BYTES_PER_PHONE};
+use dialtone_nappt::{Frame, Side, Verdict, BITS_PER_PHONE, HOT_BYTES_PER_PHONE};
 use dialtone_perf::{Fleet, FRAME_LEN, FRAME_STRIDE};
 use dialtone_wire::checksum::Incremental;
 use dialtone_wire::Ipv4Packet;
@@ -95,11 +95,11 @@ fn translate(c: &mut Criterion<ThreadCpuTime>) {
     let mut fleet = Fleet::new(phones);
     let offsets: usize = fleet.config.classes.iter().map(|class| class.plan.phones as usize).sum();
     eprintln!(
-        "nappt fleet: {} leased phones over {} classes, {} offsets, {} bytes per phone ({} read per packet), {} MiB of tables",
+        "nappt fleet: {} leased phones over {} classes, {} offsets, {} bits per phone ({} bytes read per inbound packet, 1 bit per outbound), {} MiB of tables",
         fleet.phones.len(),
         fleet.config.classes.len(),
         offsets,
-        BYTES_PER_PHONE,
+        BITS_PER_PHONE,
         HOT_BYTES_PER_PHONE,
         fleet.worker.table_bytes() >> 20
     );

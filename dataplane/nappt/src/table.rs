@@ -34,28 +34,29 @@ pub struct PhoneEntry {
     reserved: u8,
 }
 
-/// The per-phone reverse table of remapped echo identifiers: 8 bytes, kept apart from
+/// The per-phone reverse table of remapped echo identifiers: 7 bytes, kept apart from
 /// [`PhoneEntry`] because only ICMP echo touches it.
 ///
 /// ```text
-/// +-----------------------------+-------+------+
-/// | echo originals: 3 x u16     | valid | next |
-/// +-----------------------------+-------+------+
-/// valid: bit i set when slot i holds an original; next: round-robin victim
+/// +-----------------------------+-------+
+/// | echo originals: 3 x u16     | state |
+/// +-----------------------------+-------+
+/// state: bit i (0-2) set when slot i holds an original; bits 3-4 the round-robin victim
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct EchoSlots {
-    original: [u16; ECHO_SLOTS],
-    valid: u8,
-    next: u8,
+    original: [[u8; 2]; ECHO_SLOTS],
+    state: u8,
 }
 
-/// Bytes of per-phone state read by every translation.
+/// Bytes of per-phone state read by an inbound translation (the entry; outbound reads one bit
+/// of the leased bitmap).
 pub const HOT_BYTES_PER_PHONE: usize = size_of::<PhoneEntry>();
-/// Bytes of per-phone state a worker holds in all.
-pub const BYTES_PER_PHONE: usize = size_of::<PhoneEntry>() + size_of::<EchoSlots>();
-const _: () = assert!(HOT_BYTES_PER_PHONE == 8 && BYTES_PER_PHONE == 16);
+/// Bits of per-phone state a worker holds in all: the entry, the echo slots and one bit of the
+/// leased bitmap (15 bytes and a bit).
+pub const BITS_PER_PHONE: usize = 8 * (size_of::<PhoneEntry>() + size_of::<EchoSlots>()) + 1;
+const _: () = assert!(HOT_BYTES_PER_PHONE == 8 && BITS_PER_PHONE == 121 && BITS_PER_PHONE <= 16 * 8);
 
 impl PhoneEntry {
     /// True when the phone holds a lease.
@@ -86,8 +87,27 @@ impl PhoneEntry {
 }
 
 impl EchoSlots {
+    const VALID: u8 = (1 << ECHO_SLOTS) - 1;
+    const NEXT_SHIFT: u32 = ECHO_SLOTS as u32;
+
     fn slot_valid(&self, slot: usize) -> bool {
-        self.valid & (1 << slot) != 0
+        self.state & (1 << slot) != 0
+    }
+
+    fn original(&self, slot: usize) -> u16 {
+        u16::from_ne_bytes(self.original[slot])
+    }
+
+    fn set_valid(&mut self, slot: usize, valid: bool) {
+        self.state = (self.state & !(1 << slot)) | (u8::from(valid) << slot);
+    }
+
+    /// The next round-robin victim, advanced.
+    fn take_victim(&mut self) -> usize {
+        let victim = usize::from(self.state >> Self::NEXT_SHIFT) % ECHO_SLOTS;
+        let next = ((victim + 1) % ECHO_SLOTS) as u8;
+        self.state = (self.state & Self::VALID) | (next << Self::NEXT_SHIFT);
+        victim
     }
 
     /// Outbound echo request with identifier `ident` from a phone whose block starts at
@@ -105,11 +125,11 @@ impl EchoSlots {
             if !self.slot_valid(slot) {
                 continue;
             }
-            let original = self.original[slot];
+            let original = self.original(slot);
             if !in_block && original == ident {
                 reuse = Some(slot);
             } else if port_lo | (original & mask) == mapped {
-                self.valid &= !(1 << slot);
+                self.set_valid(slot, false);
             }
         }
         if in_block {
@@ -119,15 +139,11 @@ impl EchoSlots {
             Some(slot) => slot,
             None => {
                 let free = (0..ECHO_SLOTS).find(|s| !self.slot_valid(*s));
-                free.unwrap_or_else(|| {
-                    let victim = usize::from(self.next) % ECHO_SLOTS;
-                    self.next = self.next.wrapping_add(1);
-                    victim
-                })
+                free.unwrap_or_else(|| self.take_victim())
             }
         };
-        self.original[slot] = ident;
-        self.valid |= 1 << slot;
+        self.original[slot] = ident.to_ne_bytes();
+        self.set_valid(slot, true);
         (mapped, true)
     }
 
@@ -135,7 +151,7 @@ impl EchoSlots {
     pub fn echo_inbound(&self, mapped: u16, port_lo: u16, ports: u16) -> u16 {
         let mask = ports - 1;
         for slot in 0..ECHO_SLOTS {
-            let original = self.original[slot];
+            let original = self.original(slot);
             if self.slot_valid(slot) && port_lo | (original & mask) == mapped {
                 return original;
             }
@@ -288,6 +304,10 @@ pub struct ClassTable {
     pub(crate) entries: EntryTable,
     /// One echo reverse table per offset.
     pub(crate) echo: Vec<EchoSlots>,
+    /// The entries' leased flags again, one bit per offset (128 KiB for a million phones):
+    /// what the outbound fast path reads, small enough to stay in the core's L2 where the
+    /// entries (8 MiB for a million) do not.
+    pub(crate) leased: Vec<u64>,
 }
 
 impl ClassTable {
@@ -306,7 +326,15 @@ impl ClassTable {
             per_address: Divisor::new(plan.blocks_per_address),
             entries: EntryTable::new(plan.phones as usize),
             echo: vec![EchoSlots::default(); plan.phones as usize],
+            leased: vec![0; (plan.phones as usize).div_ceil(64)],
         }
+    }
+
+    /// Whether the phone at `offset` holds a lease, by the bitmap: false past the phones.
+    #[inline(always)]
+    pub fn is_leased(&self, offset: u64) -> bool {
+        let word = usize::try_from(offset >> 6).ok().and_then(|word| self.leased.get(word));
+        word.is_some_and(|word| (word >> (offset & 63)) & 1 != 0)
     }
 
     /// The offset of a LAN address, if it is in this class's pool.
@@ -382,19 +410,23 @@ impl ClassTable {
         &mut self.echo[offset as usize]
     }
 
-    /// Bytes of per-phone state this table holds.
+    /// Bytes of per-phone state this table holds (the bitmap rounded up to whole words).
     pub fn bytes(&self) -> usize {
-        self.entries.len() * BYTES_PER_PHONE
+        self.entries.len() * (size_of::<PhoneEntry>() + size_of::<EchoSlots>()) + self.leased.len() * 8
     }
 
+    /// `offset` is below `phones` (checked by [`crate::Nappt::apply`]).
     pub(crate) fn lease_up(&mut self, offset: u32, mac: MacAddr) {
         self.entries.set(offset as usize, PhoneEntry { mac: mac.0, flags: LEASED, reserved: 0 });
         self.echo[offset as usize] = EchoSlots::default();
+        self.leased[offset as usize / 64] |= 1 << (offset % 64);
     }
 
+    /// `offset` is below `phones` (checked by [`crate::Nappt::apply`]).
     pub(crate) fn lease_down(&mut self, offset: u32) {
         self.entries.set(offset as usize, PhoneEntry::default());
         self.echo[offset as usize] = EchoSlots::default();
+        self.leased[offset as usize / 64] &= !(1 << (offset % 64));
     }
 }
 
@@ -547,6 +579,29 @@ mod tests {
             prop_assert_eq!(port_lo, block.port_lo);
             let index = table.public_index(u32::from(block.public_ip)).expect("public in pool");
             prop_assert_eq!(table.offset_for(index, port), plan.offset_for(block.public_ip, port));
+        }
+
+        /// The leased bitmap the outbound fast path reads says what the entries say, for every
+        /// offset and past the end, through any sequence of leases and releases.
+        #[test]
+        fn the_leased_bitmap_agrees_with_the_entries(
+            changes in proptest::collection::vec((0u32..200, any::<bool>()), 0..60),
+        ) {
+            let plan = PortBlockPlan::new(130, Ipv4Addr::new(198, 51, 100, 0), 4, 1024).expect("plan fits");
+            let mut table = ClassTable::new(&class_of(plan));
+            for (offset, up) in changes {
+                let offset = offset % 130;
+                if up {
+                    table.lease_up(offset, MacAddr([2, 0, 0, 0, 0, offset as u8]));
+                } else {
+                    table.lease_down(offset);
+                }
+                for probe in 0..200u64 {
+                    let entry = u32::try_from(probe).map(|o| table.entry(o).is_leased()).unwrap_or(false);
+                    prop_assert_eq!(table.is_leased(probe), entry, "offset {}", probe);
+                }
+            }
+            prop_assert!(!table.is_leased(u64::MAX));
         }
 
         #[test]

@@ -569,7 +569,30 @@ fn lease_down_stops_traffic_and_unknown_next_hop_drops() {
     worker.apply(Update::LeaseDown { class: 0, offset: 5 }).expect("lease down");
     assert_eq!(run(&mut worker, 0, Side::Lan, &input).0, Verdict::Drop(DropReason::SourceNotLeased));
     assert_eq!(worker.counters().dropped(DropReason::SourceNotLeased), 1);
-    assert_eq!(worker.table_bytes(), (256 + 64) * crate::BYTES_PER_PHONE);
+    // 256 and 64 offsets: 15 bytes each and one bit, in whole 8-byte words (4 and 1).
+    assert_eq!(worker.table_bytes(), (256 + 64) * 15 + (4 + 1) * 8);
+    assert_eq!(crate::BITS_PER_PHONE, 15 * 8 + 1);
+}
+
+#[test]
+fn a_released_phone_is_dropped_on_the_fast_path_too() {
+    // With the next hop known the outbound fast path sees the frame: it must find the lease
+    // gone (its leased bitmap follows every release) and leave the drop to the general path.
+    let (config, mut worker) = property_worker(&[(0, 5), (0, 70)]);
+    for offset in [5, 70] {
+        let private = u32::from(config.classes[0].address_at(offset).expect("address"));
+        let port_lo = config.classes[0].plan.port_block_for(offset).expect("block").port_lo;
+        let input = build(Kind::Udp { zero_checksum: false }, private, REMOTE, port_lo, 5060, 64, b"", [2; 6]);
+        assert_eq!(run(&mut worker, 0, Side::Lan, &input).0, Verdict::ToWan, "offset {offset} leased");
+        worker.apply(Update::LeaseDown { class: 0, offset }).expect("lease down");
+        assert_eq!(
+            run(&mut worker, 0, Side::Lan, &input).0,
+            Verdict::Drop(DropReason::SourceNotLeased),
+            "offset {offset} released"
+        );
+        worker.apply(Update::LeaseUp { class: 0, offset, mac: MacAddr([2, 0, 0, 0, 0, 9]) }).expect("lease up");
+        assert_eq!(run(&mut worker, 0, Side::Lan, &input).0, Verdict::ToWan, "offset {offset} leased again");
+    }
 }
 
 #[test]

@@ -431,9 +431,11 @@ impl Nappt {
             return None;
         }
         let (offset, table) = lan.find_fast(&self.classes, src)?;
-        // The entry the second pass reads, prefetched, with the class table at hand.
-        let entry = table.entries.prefetched(offset as usize)?;
-        Some((table, entry, Located::new(u64::from(offset), tcp, Side::Lan)))
+        // The leased bit, from the bitmap (in L2): outbound needs nothing else of the phone.
+        if !table.is_leased(u64::from(offset)) {
+            return None;
+        }
+        Some((table, None, Located::new(u64::from(offset), tcp, Side::Lan)))
     }
 
     /// The common inbound case, located: an unfragmented UDP or TCP packet without IP options
@@ -451,7 +453,7 @@ impl Nappt {
         let offset = table.block_offset(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
         // As in [`Nappt::locate_outbound`].
         let entry = table.entries.prefetched(usize::try_from(offset).ok()?)?;
-        Some((table, entry, Located::new(offset, tcp, Side::Wan)))
+        Some((table, Some(entry), Located::new(offset, tcp, Side::Wan)))
     }
 
     /// Finishes a located outbound frame: leased, port in block, then rewritten. Returns
@@ -459,10 +461,8 @@ impl Nappt {
     /// same result, a property test checks) takes the frame.
     #[inline(always)]
     fn apply_outbound(&self, frame: &mut FastFrame<'_, '_>, macs: MacWords) -> bool {
+        // Leased: pass 1 checked the bitmap.
         let (at, table) = (frame.at, frame.table);
-        if !PhoneEntry::from_bytes(*frame.entry).is_leased() {
-            return false;
-        }
         let (public, port_lo) = table.block_of(at.offset());
         let ip = &mut *frame.ip;
         let sport = u16::from_be_bytes([ip[20], ip[21]]);
@@ -482,7 +482,9 @@ impl Nappt {
     #[inline(always)]
     fn apply_inbound(&self, frame: &mut FastFrame<'_, '_>, lan_mac: LanMac) -> bool {
         let (at, table) = (frame.at, frame.table);
-        let entry = PhoneEntry::from_bytes(*frame.entry);
+        let Some(entry) = frame.entry.map(|bytes| PhoneEntry::from_bytes(*bytes)) else {
+            return false;
+        };
         if !entry.is_leased() {
             return false;
         }
@@ -1099,7 +1101,7 @@ pub(crate) type Lookups = (Option<(usize, u32)>, Option<(usize, u32)>);
 struct Located(u64);
 
 /// What pass 1 finds for a frame: the phone's class table, its entry and [`Located`].
-type Entry<'t> = (&'t ClassTable, &'t [u8; 8], Located);
+type Entry<'t> = (&'t ClassTable, Option<&'t [u8; 8]>, Located);
 
 impl Located {
     const OFFSET: u64 = (1 << 48) - 1;
@@ -1164,8 +1166,9 @@ struct FastFrame<'f, 't> {
     ip: &'f mut [u8; FAST_L3_LEN],
     /// The phone's class table.
     table: &'t ClassTable,
-    /// The phone's entry, prefetched ([`EntryTable::prefetched`](crate::entries::EntryTable::prefetched)).
-    entry: &'t [u8; 8],
+    /// The phone's entry, prefetched ([`EntryTable::prefetched`](crate::entries::EntryTable::prefetched)),
+    /// for an inbound frame (an outbound one was found leased by the bitmap in pass 1).
+    entry: Option<&'t [u8; 8]>,
     at: Located,
 }
 
