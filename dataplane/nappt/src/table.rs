@@ -378,8 +378,9 @@ impl ClassTable {
     /// 2^48: `public_index < 2^32`, `blocks_per_address <= 2^16`.
     #[inline(always)]
     pub fn block_offset(&self, public_index: u32, port: u16) -> Option<u64> {
-        let above = u32::from(port).checked_sub(self.reserved_ports)?;
-        let block_index = above >> self.ports_shift;
+        // A port below the reserved ones wraps to a block index far past the last block, so
+        // one comparison rejects both.
+        let block_index = u32::from(port).wrapping_sub(self.reserved_ports) >> self.ports_shift;
         if block_index >= self.blocks_per_address {
             return None;
         }
