@@ -13,6 +13,8 @@
 //! - every checksum is updated incrementally (RFC 1624): a bad incoming checksum stays bad, so the
 //!   gateway need not verify it and the receiver still rejects the packet.
 
+use std::marker::PhantomData;
+
 use arrayvec::ArrayVec;
 use dialtone_config::Config;
 use dialtone_wire::checksum::Incremental;
@@ -318,12 +320,22 @@ impl Nappt {
         let all = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
         // The lookups are chosen once for the group, not tested per frame.
         let mut located = match (FROM, &self.lan_map, &self.public_map) {
-            (FROM_LAN, Some(lan), _) => self.locate_group::<FROM, _, _>(frames, LanByMap(lan), PublicByScan),
-            (FROM_LAN, None, _) => self.locate_group::<FROM, _, _>(frames, LanByScan, PublicByScan),
-            (FROM_WAN, _, Some(public)) => self.locate_group::<FROM, _, _>(frames, LanByScan, PublicByMap(public)),
-            (FROM_WAN, _, None) => self.locate_group::<FROM, _, _>(frames, LanByScan, PublicByScan),
-            (_, Some(lan), Some(public)) => self.locate_group::<FROM, _, _>(frames, LanByMap(lan), PublicByMap(public)),
-            _ => self.locate_group::<FROM, _, _>(frames, LanByScan, PublicByScan),
+            (FROM_LAN, Some(lan), _) => {
+                self.locate_group::<FROM, _, _>(frames, ByMap::<LanPool>::new(lan), ByScan::<PublicPool>::NEW)
+            }
+            (FROM_LAN, None, _) => {
+                self.locate_group::<FROM, _, _>(frames, ByScan::<LanPool>::NEW, ByScan::<PublicPool>::NEW)
+            }
+            (FROM_WAN, _, Some(public)) => {
+                self.locate_group::<FROM, _, _>(frames, ByScan::<LanPool>::NEW, ByMap::<PublicPool>::new(public))
+            }
+            (FROM_WAN, _, None) => {
+                self.locate_group::<FROM, _, _>(frames, ByScan::<LanPool>::NEW, ByScan::<PublicPool>::NEW)
+            }
+            (_, Some(lan), Some(public)) => {
+                self.locate_group::<FROM, _, _>(frames, ByMap::<LanPool>::new(lan), ByMap::<PublicPool>::new(public))
+            }
+            _ => self.locate_group::<FROM, _, _>(frames, ByScan::<LanPool>::NEW, ByScan::<PublicPool>::NEW),
         };
         let (taken, mut to_wan, mut to_lan) = self.apply_group::<FROM>(&mut located, out);
         // The located frames borrow the tables: gone before the counters change.
@@ -603,8 +615,8 @@ impl Nappt {
     #[inline(always)]
     fn lan_phone_in(&self, addr: u32) -> Option<(Phone, &ClassTable)> {
         let found = match &self.lan_map {
-            Some(map) => LanByMap(map).find(&self.classes, addr),
-            None => LanByScan.find(&self.classes, addr),
+            Some(map) => ByMap::<LanPool>::new(map).find(&self.classes, addr),
+            None => ByScan::<LanPool>::NEW.find(&self.classes, addr),
         };
         found.map(|(class, offset, table)| (Phone { class, offset }, table))
     }
@@ -614,8 +626,8 @@ impl Nappt {
     #[inline(always)]
     fn public_class(&self, addr: u32) -> Option<(usize, u32)> {
         let found = match &self.public_map {
-            Some(map) => self.public_class_in(PublicByMap(map), addr),
-            None => self.public_class_in(PublicByScan, addr),
+            Some(map) => self.public_class_in(ByMap::<PublicPool>::new(map), addr),
+            None => self.public_class_in(ByScan::<PublicPool>::NEW, addr),
         };
         found.map(|(class, index, _)| (class, index))
     }
@@ -1014,77 +1026,80 @@ trait PoolLookup: Copy {
     }
 }
 
-/// LAN pools by their prefix map.
-#[derive(Clone, Copy)]
-struct LanByMap<'m>(&'m PoolMap);
+/// Which pool of a class a lookup matches, as its first address and its size: the LAN pool
+/// (as far as the class has phones) or the public pool.
+trait Pool: Copy {
+    fn range(table: &ClassTable) -> (u32, u32);
+}
 
-/// LAN pools by the scan.
+/// The LAN pool: an address's index is the phone's offset.
 #[derive(Clone, Copy)]
-struct LanByScan;
+struct LanPool;
 
-/// Public pools by their prefix map.
+/// The public pool: an address's index is its public address index.
 #[derive(Clone, Copy)]
-struct PublicByMap<'m>(&'m PoolMap);
+struct PublicPool;
 
-/// Public pools by the scan.
+impl Pool for LanPool {
+    #[inline(always)]
+    fn range(table: &ClassTable) -> (u32, u32) {
+        (table.lan_base, table.phones)
+    }
+}
+
+impl Pool for PublicPool {
+    #[inline(always)]
+    fn range(table: &ClassTable) -> (u32, u32) {
+        (table.public_base, table.public_addresses)
+    }
+}
+
+/// Pools of kind `P` by their prefix map.
 #[derive(Clone, Copy)]
-struct PublicByScan;
+struct ByMap<'m, P>(&'m PoolMap, PhantomData<P>);
 
-impl PoolLookup for LanByMap<'_> {
+/// Pools of kind `P` by the scan.
+#[derive(Clone, Copy)]
+struct ByScan<P>(PhantomData<P>);
+
+impl<'m, P> ByMap<'m, P> {
+    fn new(map: &'m PoolMap) -> Self {
+        ByMap(map, PhantomData)
+    }
+}
+
+impl<P> ByScan<P> {
+    const NEW: Self = ByScan(PhantomData);
+}
+
+impl<P: Pool> PoolLookup for ByMap<'_, P> {
     const MAPPED: bool = true;
 
     #[inline(always)]
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
         let class = self.0.slot(addr);
         let table = classes.get(class)?;
-        Some((class, table.offset_of(addr)?, table))
-    }
-
-    #[inline(always)]
-    fn find_fast(self, classes: &[ClassTable], addr: u32) -> Option<(u32, &ClassTable)> {
-        // The map names the pool, so the offset is inside it.
-        let table = classes.get(self.0.slot(addr))?;
-        Some((addr.wrapping_sub(table.lan_base), table))
-    }
-}
-
-impl PoolLookup for LanByScan {
-    #[inline(always)]
-    fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
-        let mut found = (usize::MAX, 0u32);
-        for (class, table) in classes.iter().take(CLASS_LIMIT).enumerate().rev() {
-            let offset = addr.wrapping_sub(table.lan_base);
-            found = if offset < table.phones { (class, offset) } else { found };
-        }
-        Some((found.0, found.1, classes.get(found.0)?))
-    }
-}
-
-impl PoolLookup for PublicByMap<'_> {
-    const MAPPED: bool = true;
-
-    #[inline(always)]
-    fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
-        let class = self.0.slot(addr);
-        let table = classes.get(class)?;
-        Some((class, table.public_index(addr)?, table))
+        let (base, size) = P::range(table);
+        let index = addr.wrapping_sub(base);
+        (index < size).then_some((class, index, table))
     }
 
     #[inline(always)]
     fn find_fast(self, classes: &[ClassTable], addr: u32) -> Option<(u32, &ClassTable)> {
         // The map names the pool, so the index is inside it.
         let table = classes.get(self.0.slot(addr))?;
-        Some((addr.wrapping_sub(table.public_base), table))
+        Some((addr.wrapping_sub(P::range(table).0), table))
     }
 }
 
-impl PoolLookup for PublicByScan {
+impl<P: Pool> PoolLookup for ByScan<P> {
     #[inline(always)]
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
         let mut found = (usize::MAX, 0u32);
         for (class, table) in classes.iter().take(CLASS_LIMIT).enumerate().rev() {
-            let index = addr.wrapping_sub(table.public_base);
-            found = if index < table.public_addresses { (class, index) } else { found };
+            let (base, size) = P::range(table);
+            let index = addr.wrapping_sub(base);
+            found = if index < size { (class, index) } else { found };
         }
         Some((found.0, found.1, classes.get(found.0)?))
     }
