@@ -36,8 +36,9 @@ pub struct EntryTable {
     map: MmapMut,
     /// Byte position of entry 0 in `map` (a 2 MiB boundary for huge tables).
     start: usize,
-    /// Number of entries.
-    len: usize,
+    /// Number of entries (a class's phones: 32 bits, which keeps a class table at 128 bytes
+    /// and the fast path's index into the classes a single shift).
+    len: u32,
     /// Whether the table was laid out for huge pages (the kernel decides whether it got them).
     huge: bool,
 }
@@ -48,8 +49,8 @@ impl EntryTable {
     /// # Panics
     /// When the kernel refuses the anonymous mapping: out of memory at start-up, as a `Vec` of
     /// the same size would abort.
-    pub fn new(len: usize) -> Self {
-        let bytes = len * ENTRY_BYTES;
+    pub fn new(len: u32) -> Self {
+        let bytes = len as usize * ENTRY_BYTES;
         let huge = bytes >= HUGE_TABLE_MIN_BYTES;
         let mapped = if huge { bytes.next_multiple_of(HUGE_PAGE_BYTES) + HUGE_PAGE_BYTES } else { bytes.max(1) };
         let mut map = MmapMut::map_anon(mapped)
@@ -72,7 +73,7 @@ impl EntryTable {
     /// Number of entries.
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     /// True when the table has no entries.
@@ -88,7 +89,7 @@ impl EntryTable {
     /// The entry at `offset`, or `None` past the end.
     #[inline(always)]
     pub fn get(&self, offset: usize) -> Option<PhoneEntry> {
-        if offset >= self.len {
+        if offset >= self.len() {
             return None;
         }
         let at = self.start + offset * ENTRY_BYTES;
@@ -114,7 +115,7 @@ impl EntryTable {
     /// Replaces the entry at `offset`; does nothing past the end (callers check offsets first).
     #[inline(always)]
     pub fn set(&mut self, offset: usize, entry: PhoneEntry) {
-        if offset >= self.len {
+        if offset >= self.len() {
             return;
         }
         let at = self.start + offset * ENTRY_BYTES;
@@ -127,7 +128,7 @@ impl EntryTable {
 impl Clone for EntryTable {
     fn clone(&self) -> Self {
         let mut copy = Self::new(self.len);
-        let bytes = self.len * ENTRY_BYTES;
+        let bytes = self.len() * ENTRY_BYTES;
         copy.map[copy.start..copy.start + bytes].copy_from_slice(&self.map[self.start..self.start + bytes]);
         copy
     }
@@ -147,10 +148,15 @@ mod tests {
         PhoneEntry::from_bytes([byte, 2, 3, 4, 5, 6, 1, 0])
     }
 
+    /// A table of `len` entries (test sizes fit 32 bits).
+    fn table_of(len: usize) -> EntryTable {
+        EntryTable::new(u32::try_from(len).expect("test sizes fit"))
+    }
+
     #[test]
     fn entries_start_not_leased_and_keep_what_is_set() {
         for len in [2, 3, 1000, HUGE_PAGE_BYTES / ENTRY_BYTES, HUGE_PAGE_BYTES / ENTRY_BYTES * 2 + 5] {
-            let mut table = EntryTable::new(len);
+            let mut table = table_of(len);
             assert_eq!(table.len(), len);
             assert!((0..len).step_by(997).all(|o| table.get(o) == Some(PhoneEntry::default())));
             table.set(0, leased(1));
@@ -170,16 +176,16 @@ mod tests {
 
     #[test]
     fn tables_of_a_huge_page_or_more_start_on_a_huge_page_boundary() {
-        assert!(!EntryTable::new(1000).is_huge_page_aligned(), "small tables are not padded");
-        assert!(!EntryTable::new(HUGE_TABLE_MIN_BYTES / ENTRY_BYTES - 1).is_huge_page_aligned());
+        assert!(!table_of(1000).is_huge_page_aligned(), "small tables are not padded");
+        assert!(!table_of(HUGE_TABLE_MIN_BYTES / ENTRY_BYTES - 1).is_huge_page_aligned());
         for len in [HUGE_TABLE_MIN_BYTES / ENTRY_BYTES, HUGE_PAGE_BYTES / ENTRY_BYTES, 1_000_000] {
-            assert!(EntryTable::new(len).is_huge_page_aligned(), "{len} entries");
+            assert!(table_of(len).is_huge_page_aligned(), "{len} entries");
         }
     }
 
     #[test]
     fn a_clone_is_an_independent_copy() {
-        let mut table = EntryTable::new(HUGE_PAGE_BYTES / ENTRY_BYTES + 1);
+        let mut table = table_of(HUGE_PAGE_BYTES / ENTRY_BYTES + 1);
         table.set(7, leased(7));
         let mut copy = table.clone();
         assert_eq!(copy.get(7), Some(leased(7)));
