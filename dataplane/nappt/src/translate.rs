@@ -381,12 +381,12 @@ impl Nappt {
         // `frames` holds at most LOOKAHEAD frames ([`Nappt::fast_group`]).
         for (i, frame) in frames.iter_mut().enumerate() {
             let side = side_of::<FROM>(frame);
-            let Some((eth, ip, tcp)) = fast_headers(frame) else {
+            let Some((eth, ip)) = fast_headers(frame) else {
                 continue;
             };
             let at = match side {
-                Side::Lan => self.locate_outbound(lan, ip, tcp),
-                Side::Wan => self.locate_inbound(public, ip, tcp),
+                Side::Lan => self.locate_outbound(lan, ip),
+                Side::Wan => self.locate_inbound(public, ip),
             };
             if let Some((table, entry, at)) = at {
                 // Never full: a group has at most LOOKAHEAD frames.
@@ -434,7 +434,7 @@ impl Nappt {
     /// options from a phone address, TTL above 1, to a destination that is neither the gateway
     /// nor anywhere in the span of the public pools. Reads headers only.
     #[inline(always)]
-    fn locate_outbound<L: PoolLookup>(&self, lan: L, ip: &[u8; FAST_L3_LEN], tcp: bool) -> Option<Entry<'_>> {
+    fn locate_outbound<L: PoolLookup>(&self, lan: L, ip: &[u8; FAST_L3_LEN]) -> Option<Entry<'_>> {
         let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
         if self.special_destinations.contains(dst)
@@ -447,13 +447,13 @@ impl Nappt {
         if !table.is_leased(u64::from(offset)) {
             return None;
         }
-        Some((table, None, Located::new(u64::from(offset), tcp, Side::Lan)))
+        Some((table, None, Located::new(u64::from(offset), Side::Lan)))
     }
 
     /// The common inbound case, located: an unfragmented UDP or TCP packet without IP options
     /// to a public address and port some phone of the plan owns, TTL above 1.
     #[inline(always)]
-    fn locate_inbound<P: PoolLookup>(&self, public: P, ip: &[u8; FAST_L3_LEN], tcp: bool) -> Option<Entry<'_>> {
+    fn locate_inbound<P: PoolLookup>(&self, public: P, ip: &[u8; FAST_L3_LEN]) -> Option<Entry<'_>> {
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
         // The scan needs the fast reject of addresses outside every public pool; a map rejects
         // them itself.
@@ -465,7 +465,7 @@ impl Nappt {
         let offset = table.block_offset(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
         // As in [`Nappt::locate_outbound`].
         let entry = table.entries.prefetched(usize::try_from(offset).ok()?)?;
-        Some((table, Some(entry), Located::new(offset, tcp, Side::Wan)))
+        Some((table, Some(entry), Located::new(offset, Side::Wan)))
     }
 
     /// Finishes a located outbound frame: leased, port in block, then rewritten. Returns
@@ -483,7 +483,7 @@ impl Nappt {
         }
         let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
         let public = public.to_be_bytes();
-        fast_rewrite(ip, at.is_tcp(), src, u32::from_ne_bytes(public));
+        fast_rewrite(ip, src, u32::from_ne_bytes(public));
         ip[12..16].copy_from_slice(&public);
         macs.write(frame.eth);
         true
@@ -503,7 +503,7 @@ impl Nappt {
         let private = table.address_at(at.offset()).to_be_bytes();
         let ip = &mut *frame.ip;
         let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        fast_rewrite(ip, at.is_tcp(), dst, u32::from_ne_bytes(private));
+        fast_rewrite(ip, dst, u32::from_ne_bytes(private));
         ip[16..20].copy_from_slice(&private);
         lan_mac.write(entry, frame.eth);
         true
@@ -1110,8 +1110,9 @@ impl<P: Pool> PoolLookup for ByScan<P> {
 pub(crate) type Lookups = (Option<(usize, u32)>, Option<(usize, u32)>);
 
 /// Where pass 1 of [`Nappt::fast_group`] found a frame's phone, packed in 8 bytes: the offset
-/// in bits 0-47, bit 48 for TCP (else UDP), bit 49 for a frame from the WAN, the frame's index
-/// in its group in bits 56-63.
+/// in bits 0-47, bit 49 for a frame from the WAN, the frame's index in its group in bits 56-63.
+/// (Whether it is TCP is read again from the header in pass 2: one compare there cost fewer
+/// instructions than packing and testing a bit.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Located(u64);
 
@@ -1120,14 +1121,13 @@ type Entry<'t> = (&'t ClassTable, Option<&'t [u8; 8]>, Located);
 
 impl Located {
     const OFFSET: u64 = (1 << 48) - 1;
-    const TCP: u64 = 1 << 48;
     const WAN: u64 = 1 << 49;
 
     /// `offset` is below 2^48 (a LAN offset, or a block offset: [`ClassTable::block_offset`]).
     #[inline(always)]
-    fn new(offset: u64, tcp: bool, side: Side) -> Self {
+    fn new(offset: u64, side: Side) -> Self {
         debug_assert!(offset <= Self::OFFSET);
-        Located((u64::from(side == Side::Wan) * Self::WAN) | (u64::from(tcp) * Self::TCP) | offset)
+        Located((u64::from(side == Side::Wan) * Self::WAN) | offset)
     }
 
     /// With the frame's index in its group (below [`LOOKAHEAD`]) in bits 56-63.
@@ -1147,11 +1147,6 @@ impl Located {
     #[inline(always)]
     fn offset(self) -> u32 {
         self.0 as u32
-    }
-
-    #[inline(always)]
-    fn is_tcp(self) -> bool {
-        self.0 & Self::TCP != 0
     }
 
     #[inline(always)]
@@ -1242,10 +1237,10 @@ fn mac_pair(dst: [u8; 6], src: [u8; 6]) -> [u8; 12] {
     pair
 }
 
-/// For a frame the fast paths can take: its MAC pair and the first [`FAST_L3_LEN`] bytes from
-/// its IP header, writable, and whether it is TCP (else UDP).
+/// For a frame the fast paths can take (UDP or TCP, [`fast_l3`]): its MAC pair and the first
+/// [`FAST_L3_LEN`] bytes from its IP header, writable.
 #[inline(always)]
-fn fast_headers<'f>(frame: &'f mut Frame<'_>) -> Option<(&'f mut [u8; 12], &'f mut [u8; FAST_L3_LEN], bool)> {
+fn fast_headers<'f>(frame: &'f mut Frame<'_>) -> Option<(&'f mut [u8; 12], &'f mut [u8; FAST_L3_LEN])> {
     let len = frame.len;
     // One bounds check for all the fast path reads (Ethernet, a VLAN tag, 40 bytes of IP and
     // transport header); a frame in a smaller buffer takes the general path.
@@ -1265,8 +1260,8 @@ fn fast_headers<'f>(frame: &'f mut Frame<'_>) -> Option<(&'f mut [u8; 12], &'f m
     let (eth, rest) = head.split_first_chunk_mut::<12>()?;
     let (l2, ip) = if tagged { (18, rest.get_mut(6..)?) } else { (14, rest.get_mut(2..2 + FAST_L3_LEN)?) };
     let ip: &mut [u8; FAST_L3_LEN] = ip.try_into().ok()?;
-    let tcp = fast_l3(ip, len.checked_sub(l2)?)?;
-    Some((eth, ip, tcp))
+    fast_l3(ip, len.checked_sub(l2)?)?;
+    Some((eth, ip))
 }
 
 /// For a fast-path packet (`available` bytes from the IP header on): whether it is TCP (else
@@ -1325,10 +1320,11 @@ fn fold32(x: u32) -> u16 {
 /// d` for every such `w`. The result is bit for bit what the general path's [`Incremental`]
 /// gives (a property test compares them on every field).
 #[inline(always)]
-fn fast_rewrite(ip: &mut [u8; FAST_L3_LEN], tcp: bool, old: u32, new: u32) {
+fn fast_rewrite(ip: &mut [u8; FAST_L3_LEN], old: u32, new: u32) {
     const TTL_DECREMENT: u32 = 0xFFFF - u16::from_ne_bytes([1, 0]) as u32;
     let address = add_end_around(!old, new);
-    if tcp {
+    // UDP or TCP ([`fast_l3`]).
+    if ip[9] == PROTOCOL_TCP {
         let old = u16::from_ne_bytes([ip[36], ip[37]]);
         ip[36..38].copy_from_slice(&(!fold32(add_end_around(address, u32::from(!old)))).to_ne_bytes());
     } else {
