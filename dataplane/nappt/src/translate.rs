@@ -447,7 +447,7 @@ impl Nappt {
         if !table.is_leased(u64::from(offset)) {
             return None;
         }
-        Some((table, None, Located::new(u64::from(offset), Side::Lan)))
+        Some((table, &NO_ENTRY, Located::new(u64::from(offset), Side::Lan)))
     }
 
     /// The common inbound case, located: an unfragmented UDP or TCP packet without IP options
@@ -465,7 +465,7 @@ impl Nappt {
         let offset = table.block_offset(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
         // As in [`Nappt::locate_outbound`].
         let entry = table.entries.prefetched(usize::try_from(offset).ok()?)?;
-        Some((table, Some(entry), Located::new(offset, Side::Wan)))
+        Some((table, entry, Located::new(offset, Side::Wan)))
     }
 
     /// Finishes a located outbound frame: leased, port in block, then rewritten. Returns
@@ -494,9 +494,7 @@ impl Nappt {
     #[inline(always)]
     fn apply_inbound(&self, frame: &mut FastFrame<'_, '_>, lan_mac: LanMac) -> bool {
         let (at, table) = (frame.at, frame.table);
-        let Some(entry) = frame.entry else {
-            return false;
-        };
+        let entry = frame.entry;
         if !PhoneEntry::from_bytes(*entry).is_leased() {
             return false;
         }
@@ -1116,8 +1114,12 @@ pub(crate) type Lookups = (Option<(usize, u32)>, Option<(usize, u32)>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Located(u64);
 
+/// The entry an outbound frame carries: pass 1 found its lease in the bitmap, and pass 2 never
+/// reads an outbound frame's entry.
+static NO_ENTRY: [u8; 8] = [0; 8];
+
 /// What pass 1 finds for a frame: the phone's class table, its entry and [`Located`].
-type Entry<'t> = (&'t ClassTable, Option<&'t [u8; 8]>, Located);
+type Entry<'t> = (&'t ClassTable, &'t [u8; 8], Located);
 
 impl Located {
     const OFFSET: u64 = (1 << 48) - 1;
@@ -1178,8 +1180,9 @@ struct FastFrame<'f, 't> {
     /// The phone's class table.
     table: &'t ClassTable,
     /// The phone's entry, prefetched ([`EntryTable::prefetched`](crate::entries::EntryTable::prefetched)),
-    /// for an inbound frame (an outbound one was found leased by the bitmap in pass 1).
-    entry: Option<&'t [u8; 8]>,
+    /// for an inbound frame; [`NO_ENTRY`] for an outbound one (found leased by the bitmap in
+    /// pass 1).
+    entry: &'t [u8; 8],
     at: Located,
 }
 
