@@ -34,8 +34,9 @@ const ENTRY_BYTES: usize = size_of::<PhoneEntry>();
 /// The entries of one class, indexed by phone offset; all start not leased (zero bytes).
 pub struct EntryTable {
     map: MmapMut,
-    /// Byte position of entry 0 in `map` (a 2 MiB boundary for huge tables).
-    start: usize,
+    /// Index of entry 0 among the mapping's 8-byte chunks (at a 2 MiB boundary for huge
+    /// tables).
+    first: usize,
     /// Number of entries (a class's phones: 32 bits, which keeps a class table at 128 bytes
     /// and the fast path's index into the classes a single shift).
     len: u32,
@@ -67,7 +68,13 @@ impl EntryTable {
         }
         // Fault every page in now (huge where advised), not in the middle of a batch.
         map[start..start + bytes].fill(0);
-        Self { map, start, len, huge }
+        Self { map, first: start / ENTRY_BYTES, len, huge }
+    }
+
+    /// Byte position of entry 0 in the mapping.
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.first * ENTRY_BYTES
     }
 
     /// Number of entries.
@@ -83,7 +90,7 @@ impl EntryTable {
 
     /// Whether entry 0 sits on a huge-page boundary with the range advised for huge pages.
     pub fn is_huge_page_aligned(&self) -> bool {
-        self.huge && (self.map.as_ptr() as usize + self.start).is_multiple_of(HUGE_PAGE_BYTES)
+        self.huge && (self.map.as_ptr() as usize + self.start()).is_multiple_of(HUGE_PAGE_BYTES)
     }
 
     /// The entry at `offset`, or `None` past the end.
@@ -92,7 +99,7 @@ impl EntryTable {
         if offset >= self.len() {
             return None;
         }
-        let at = self.start + offset * ENTRY_BYTES;
+        let at = self.start() + offset * ENTRY_BYTES;
         let bytes: [u8; ENTRY_BYTES] = self.map.get(at..at + ENTRY_BYTES)?.try_into().ok()?;
         Some(PhoneEntry::from_bytes(bytes))
     }
@@ -106,8 +113,8 @@ impl EntryTable {
     /// the entry again.
     #[inline(always)]
     pub fn prefetched(&self, offset: usize) -> Option<&[u8; ENTRY_BYTES]> {
-        // The mapping as whole entries (`start` is a multiple of their size): one check.
-        let entry = self.map.as_chunks::<ENTRY_BYTES>().0.get(self.start / ENTRY_BYTES + offset)?;
+        // The mapping as whole entries (entry 0 is the `first`th): one check.
+        let entry = self.map.as_chunks::<ENTRY_BYTES>().0.get(self.first + offset)?;
         prefetch_index::prefetch_index(std::slice::from_ref(entry), 0);
         Some(entry)
     }
@@ -118,7 +125,7 @@ impl EntryTable {
         if offset >= self.len() {
             return;
         }
-        let at = self.start + offset * ENTRY_BYTES;
+        let at = self.start() + offset * ENTRY_BYTES;
         if let Some(bytes) = self.map.get_mut(at..at + ENTRY_BYTES) {
             bytes.copy_from_slice(&entry.to_bytes());
         }
@@ -129,7 +136,8 @@ impl Clone for EntryTable {
     fn clone(&self) -> Self {
         let mut copy = Self::new(self.len);
         let bytes = self.len() * ENTRY_BYTES;
-        copy.map[copy.start..copy.start + bytes].copy_from_slice(&self.map[self.start..self.start + bytes]);
+        let (to, from) = (copy.start(), self.start());
+        copy.map[to..to + bytes].copy_from_slice(&self.map[from..from + bytes]);
         copy
     }
 }

@@ -466,7 +466,10 @@ impl Nappt {
         let offset = table.block_offset(public_index, u16::from_be_bytes([ip[22], ip[23]]))?;
         // As in [`Nappt::locate_outbound`].
         let entry = table.entries.prefetched(usize::try_from(offset).ok()?)?;
-        Some((table, entry, Located::new(offset, Side::Wan)))
+        // Pass 2 needs the phone's LAN address, not its offset: computed here, where the class
+        // table is at hand (it matters only when the entry is leased, so below `phones`).
+        let private = table.lan_base.wrapping_add(offset as u32);
+        Some((table, entry, Located::new(u64::from(private), Side::Wan)))
     }
 
     /// Finishes a located outbound frame: leased, port in block, then rewritten. Returns
@@ -494,12 +497,11 @@ impl Nappt {
     /// [`Nappt::apply_outbound`]).
     #[inline(always)]
     fn apply_inbound(&self, frame: &mut FastFrame<'_, '_>, lan_mac: LanMac) -> bool {
-        let (at, table) = (frame.at, frame.table);
         let entry = frame.entry;
         if !PhoneEntry::from_bytes(*entry).is_leased() {
             return false;
         }
-        let private = table.address_at(at.offset()).to_be_bytes();
+        let private = frame.at.lan_address().to_be_bytes();
         let ip = &mut *frame.ip;
         let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
         fast_rewrite(ip, dst, u32::from_ne_bytes(private));
@@ -1108,8 +1110,9 @@ impl<P: Pool> PoolLookup for ByScan<P> {
 #[cfg(test)]
 pub(crate) type Lookups = (Option<(usize, u32)>, Option<(usize, u32)>);
 
-/// Where pass 1 of [`Nappt::fast_group`] found a frame's phone, packed in 8 bytes: the offset
-/// in bits 0-47, bit 49 for a frame from the WAN, the frame's index in its group in bits 56-63.
+/// Where pass 1 of [`Nappt::fast_group`] found a frame's phone, packed in 8 bytes: in bits
+/// 0-47 the phone's offset (outbound, for its block) or its LAN address (inbound, the new
+/// destination), bit 49 for a frame from the WAN, the frame's index in its group in bits 56-63.
 /// (Whether it is TCP is read again from the header in pass 2: one compare there cost fewer
 /// instructions than packing and testing a bit.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1123,14 +1126,14 @@ static NO_ENTRY: [u8; 8] = [0; 8];
 type Entry<'t> = (&'t ClassTable, &'t [u8; 8], Located);
 
 impl Located {
-    const OFFSET: u64 = (1 << 48) - 1;
+    const VALUE: u64 = (1 << 48) - 1;
     const WAN: u64 = 1 << 49;
 
-    /// `offset` is below 2^48 (a LAN offset, or a block offset: [`ClassTable::block_offset`]).
+    /// `value` is below 2^48: a LAN offset or a LAN address.
     #[inline(always)]
-    fn new(offset: u64, side: Side) -> Self {
-        debug_assert!(offset <= Self::OFFSET);
-        Located((u64::from(side == Side::Wan) * Self::WAN) | offset)
+    fn new(value: u64, side: Side) -> Self {
+        debug_assert!(value <= Self::VALUE);
+        Located((u64::from(side == Side::Wan) * Self::WAN) | value)
     }
 
     /// With the frame's index in its group (below [`LOOKAHEAD`]) in bits 56-63.
@@ -1144,11 +1147,18 @@ impl Located {
         (self.0 >> 56) as usize
     }
 
-    /// The offset, which is below the class's phones (so fits 32 bits) whenever the entry
-    /// read through it is leased: [`EntryTable::set`](crate::entries::EntryTable::set) writes no
-    /// other entry.
+    /// The offset of an outbound frame's phone (below the class's phones: its lease was found
+    /// in the bitmap).
     #[inline(always)]
     fn offset(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The LAN address of an inbound frame's phone (meaningful when its entry is leased, whose
+    /// offset is then below the class's phones:
+    /// [`EntryTable::set`](crate::entries::EntryTable::set) writes no other entry).
+    #[inline(always)]
+    fn lan_address(self) -> u32 {
         self.0 as u32
     }
 
