@@ -99,9 +99,7 @@ impl EntryTable {
         if offset >= self.len() {
             return None;
         }
-        let at = self.start() + offset * ENTRY_BYTES;
-        let bytes: [u8; ENTRY_BYTES] = self.map.get(at..at + ENTRY_BYTES)?.try_into().ok()?;
-        Some(PhoneEntry::from_bytes(bytes))
+        self.map.as_chunks::<ENTRY_BYTES>().0.get(self.first + offset).map(|bytes| PhoneEntry::from_bytes(*bytes))
     }
 
     /// The bytes of the entry at `offset` ([`PhoneEntry::from_bytes`]) as a reference to read
@@ -125,9 +123,8 @@ impl EntryTable {
         if offset >= self.len() {
             return;
         }
-        let at = self.start() + offset * ENTRY_BYTES;
-        if let Some(bytes) = self.map.get_mut(at..at + ENTRY_BYTES) {
-            bytes.copy_from_slice(&entry.to_bytes());
+        if let Some(bytes) = self.map.as_chunks_mut::<ENTRY_BYTES>().0.get_mut(self.first + offset) {
+            *bytes = entry.to_bytes();
         }
     }
 }

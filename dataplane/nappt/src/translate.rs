@@ -253,8 +253,8 @@ impl Nappt {
     /// millisecond clock); it only ages fragment-table entries. No allocation, lock, log or
     /// system call happens here.
     ///
-    /// Every group of up to [`LOOKAHEAD`] frames first goes through the fast path
-    /// ([`Nappt::fast_group`]: plain UDP and TCP between a leased phone and the carrier side,
+    /// Every group of up to `LOOKAHEAD` (64) frames first goes through the fast path
+    /// (`Nappt::fast_group`: plain UDP and TCP between a leased phone and the carrier side,
     /// which reads the tables only); the frames it leaves go through the general path, which
     /// may change state (fragment and echo tables). Within a group the fast frames are therefore
     /// translated first: no fast-path result depends on that state (it takes no fragment and
@@ -438,9 +438,7 @@ impl Nappt {
     fn locate_outbound<L: PoolLookup>(&self, lan: L, ip: &[u8; FAST_L3_LEN]) -> Option<Entry<'_>> {
         let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        if self.special_destinations.contains(dst)
-            && (self.for_kernel_from_lan(dst) || dst.wrapping_sub(self.public_hull.0) < self.public_hull.1)
-        {
+        if self.special_destinations.contains(dst) && self.special_destination_exact(dst) {
             return None;
         }
         let (offset, table) = lan.find_fast(&self.classes, src)?;
@@ -458,7 +456,7 @@ impl Nappt {
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
         // The scan needs the fast reject of addresses outside every public pool; a map rejects
         // them itself.
-        if !P::MAPPED && dst.wrapping_sub(self.public_hull.0) >= self.public_hull.1 {
+        if !P::MAPPED && !self.in_public_hull(dst) {
             return None;
         }
         let (public_index, table) = public.find_fast(&self.classes, dst)?;
@@ -526,8 +524,7 @@ impl Nappt {
     /// tests make it the kernel's or a public pool's), for tests.
     #[cfg(test)]
     pub(crate) fn special_destination(&self, dst: u32) -> (bool, bool) {
-        let exact = self.for_kernel_from_lan(dst) || dst.wrapping_sub(self.public_hull.0) < self.public_hull.1;
-        (self.special_destinations.contains(dst), exact)
+        (self.special_destinations.contains(dst), self.special_destination_exact(dst))
     }
 
     /// The fast path on one frame (a group of one), for tests: its verdict when it takes it.
@@ -603,44 +600,42 @@ impl Nappt {
         (dst == self.wan_addr) | (dst >= 0xE000_0000) | (dst & self.lan_mask == self.lan_net)
     }
 
-    /// The class and offset of a LAN address: by the prefix map, or (for plans too wide for
-    /// one) by checking every class without an early exit, the first match (pools never
-    /// overlap) selected without a branch. Traffic comes from phones of all classes in no
-    /// order, and a scan that stopped at the match cost a mispredicted branch on most packets.
+    /// Whether `addr` is in the span from the first to the last public pool: one range check
+    /// that most outbound destinations fail, before any pool lookup.
     #[inline(always)]
-    fn lan_phone(&self, addr: u32) -> Option<Phone> {
-        self.lan_phone_in(addr).map(|(phone, _)| phone)
+    fn in_public_hull(&self, addr: u32) -> bool {
+        addr.wrapping_sub(self.public_hull.0) < self.public_hull.1
     }
 
-    /// [`Nappt::lan_phone`] with the phone's class table.
+    /// An outbound destination the fast path leaves alone: the kernel's, or in the public pools'
+    /// span (a hairpin, maybe).
     #[inline(always)]
-    fn lan_phone_in(&self, addr: u32) -> Option<(Phone, &ClassTable)> {
+    fn special_destination_exact(&self, dst: u32) -> bool {
+        self.for_kernel_from_lan(dst) || self.in_public_hull(dst)
+    }
+
+    /// The class and offset of a LAN address, by the prefix map or the scan ([`PoolLookup`]).
+    #[inline(always)]
+    fn lan_phone(&self, addr: u32) -> Option<Phone> {
         let found = match &self.lan_map {
             Some(map) => ByMap::<LanPool>::new(map).find(&self.classes, addr),
             None => ByScan::<LanPool>::NEW.find(&self.classes, addr),
         };
-        found.map(|(class, offset, table)| (Phone { class, offset }, table))
+        found.map(|(class, offset, _)| Phone { class, offset })
     }
 
     /// The class of a public address and its index in the class's public addresses (as
     /// [`Nappt::lan_phone`]).
     #[inline(always)]
     fn public_class(&self, addr: u32) -> Option<(usize, u32)> {
-        let found = match &self.public_map {
-            Some(map) => self.public_class_in(ByMap::<PublicPool>::new(map), addr),
-            None => self.public_class_in(ByScan::<PublicPool>::NEW, addr),
-        };
-        found.map(|(class, index, _)| (class, index))
-    }
-
-    /// [`Nappt::public_class`] by `lookup`, with the class table.
-    #[inline(always)]
-    fn public_class_in<P: PoolLookup>(&self, lookup: P, addr: u32) -> Option<(usize, u32, &ClassTable)> {
-        // Most outbound destinations are nowhere near a public pool: one range check first.
-        if addr.wrapping_sub(self.public_hull.0) >= self.public_hull.1 {
+        if !self.in_public_hull(addr) {
             return None;
         }
-        lookup.find(&self.classes, addr)
+        let found = match &self.public_map {
+            Some(map) => ByMap::<PublicPool>::new(map).find(&self.classes, addr),
+            None => ByScan::<PublicPool>::NEW.find(&self.classes, addr),
+        };
+        found.map(|(class, index, _)| (class, index))
     }
 
     /// The leased phone owning `port` on public address `addr` (whose class and index are known).
