@@ -1206,19 +1206,19 @@ fn fast_headers<'f>(frame: &'f mut Frame<'_>) -> Option<(&'f mut [u8; 12], &'f m
     let (eth, rest) = head.split_first_chunk_mut::<12>()?;
     let (l2, ip) = if tagged { (18, rest.get_mut(6..)?) } else { (14, rest.get_mut(2..2 + FAST_L3_LEN)?) };
     let ip: &mut [u8; FAST_L3_LEN] = ip.try_into().ok()?;
-    fast_l3(ip, len.checked_sub(l2)?)?;
+    fast_l3(ip, len, l2)?;
     Some((eth, ip))
 }
 
-/// For a fast-path packet (`available` bytes from the IP header on): whether it is TCP (else
-/// UDP), or `None` when it needs the general path.
+/// For a fast-path packet (in a frame of `len` bytes, `l2` of them before the IP header):
+/// whether it is TCP (else UDP), or `None` when it needs the general path.
 ///
 /// The general path's conditions: version 4 with a 20-byte header, neither more fragments nor
 /// a fragment offset (the flag bit 0x8000 and DF are not looked at),
 /// TTL above 1, UDP or TCP, a total length that holds the transport header and fits the frame,
 /// and for TCP a data offset from 20 bytes to what the packet holds.
 #[inline(always)]
-fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<bool> {
+fn fast_l3(ip: &[u8; FAST_L3_LEN], len: usize, l2: usize) -> Option<bool> {
     // The flags and fragment offset (bytes 6-7, big-endian) with DF and the reserved bit
     // masked out: zero for an unfragmented datagram, tested as one word in memory order.
     const FRAGMENT_MASK: u16 = u16::from_ne_bytes([0x3F, 0xFF]);
@@ -1233,7 +1233,7 @@ fn fast_l3(ip: &[u8; FAST_L3_LEN], available: usize) -> Option<bool> {
     let tcp_header_len = usize::from(ip[32] >> 4) * 4;
     let tcp_offset_ok =
         !tcp || (tcp_header_len >= tcp::MIN_HEADER_LEN && tcp_header_len + ipv4::MIN_HEADER_LEN <= total);
-    (ip[0] == 0x45 && unfragmented && ip[8] > 1 && total >= needed && total <= available && tcp_offset_ok)
+    (ip[0] == 0x45 && unfragmented && ip[8] > 1 && total >= needed && total + l2 <= len && tcp_offset_ok)
         .then_some(tcp)
 }
 
