@@ -322,9 +322,7 @@ impl Nappt {
     /// the fast path takes it all the way. `frames` all come from the LAN.
     #[inline(never)]
     fn fast_outbound(&mut self, frames: &mut [Frame<'_>], out: &mut [Verdict]) -> u64 {
-        let n = frames.len().min(out.len()).min(LOOKAHEAD);
-        let (frames, out) = (&mut frames[..n], &mut out[..n]);
-        let all = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let (frames, out, all) = one_group(frames, out);
         let (Some(dst), Some(src)) = (self.next_hop_mac, self.wan_mac) else {
             return all;
         };
@@ -341,8 +339,7 @@ impl Nappt {
             }
         };
         self.counters.to_wan += u64::from(taken.count_ones());
-        fill_verdicts(out, taken, all, Verdict::ToWan);
-        all & !taken
+        fill_verdicts(out, taken, all, Verdict::ToWan)
     }
 
     /// The inbound fast path over one group (at most [`LOOKAHEAD`] frames), in two passes;
@@ -361,9 +358,7 @@ impl Nappt {
     /// the fast path takes it all the way. `frames` all come from the WAN.
     #[inline(never)]
     fn fast_inbound(&mut self, frames: &mut [Frame<'_>], out: &mut [Verdict]) -> u64 {
-        let n = frames.len().min(out.len()).min(LOOKAHEAD);
-        let (frames, out) = (&mut frames[..n], &mut out[..n]);
-        let all = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let (frames, out, all) = one_group(frames, out);
         let Some(lan_mac) = self.lan_mac.map(LanMac::of) else {
             return all;
         };
@@ -379,8 +374,7 @@ impl Nappt {
             }
         };
         self.counters.to_lan += u64::from(taken.count_ones());
-        fill_verdicts(out, taken, all, Verdict::ToLan);
-        all & !taken
+        fill_verdicts(out, taken, all, Verdict::ToLan)
     }
 
     /// The common outbound case, located: an unfragmented UDP or TCP packet without IP
@@ -1125,13 +1119,25 @@ fn apply_inbound(frame: &mut FastFrame<'_, &[u8; 8]>, lan_mac: LanMac) -> bool {
     true
 }
 
-/// Writes `verdict` for the taken frames of a group (`all` is every frame of it): all of them,
-/// usually, a fill of 64 bytes.
+/// The first group of `frames` (at most [`LOOKAHEAD`]) with its verdict slots, and the mask of
+/// all its frames (bit `i` for frame `i`).
 #[inline(always)]
-fn fill_verdicts(out: &mut [Verdict], taken: u64, all: u64, verdict: Verdict) {
+fn one_group<'a, 'f>(
+    frames: &'a mut [Frame<'f>],
+    out: &'a mut [Verdict],
+) -> (&'a mut [Frame<'f>], &'a mut [Verdict], u64) {
+    let n = frames.len().min(out.len()).min(LOOKAHEAD);
+    let all = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+    (&mut frames[..n], &mut out[..n], all)
+}
+
+/// Writes `verdict` for the taken frames of a group (`all` is every frame of it): all of them,
+/// usually, a fill of 64 bytes. Returns the frames not taken.
+#[inline(always)]
+fn fill_verdicts(out: &mut [Verdict], taken: u64, all: u64, verdict: Verdict) -> u64 {
     if taken == all {
         out.fill(verdict);
-        return;
+        return 0;
     }
     let mut rest = taken;
     while rest != 0 {
@@ -1141,6 +1147,7 @@ fn fill_verdicts(out: &mut [Verdict], taken: u64, all: u64, verdict: Verdict) {
             *slot = verdict;
         }
     }
+    all & !taken
 }
 
 /// A [`mac_pair`] as one 8-byte and one 4-byte word: two stores per frame.
