@@ -1001,7 +1001,8 @@ pub(crate) type Lookups = (Option<(usize, u32)>, Option<(usize, u32)>);
 ///    headers as writable arrays and what `locate` found, so pass 2 neither finds nor checks
 ///    any of it again. They go into an `ArrayVec`: only the located frames cost a store (the
 ///    array of 64 optional slots it replaced was cleared for every group). It lives here, in
-///    the caller's frame: returned from a function, it was copied (2 KiB per group).
+///    the caller's frame: returned from a function, it was copied (2 KiB per group). While
+///    a frame is parsed, the first line of the frame [`PREFETCH_AHEAD`] on is prefetched.
 /// 2. [`apply_group`].
 #[inline(always)]
 fn fast_passes<T>(
