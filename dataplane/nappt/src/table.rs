@@ -422,16 +422,21 @@ impl ClassTable {
 
     /// `offset` is below `phones` (checked by [`crate::Nappt::apply`]).
     pub(crate) fn lease_up(&mut self, offset: u32, mac: MacAddr) {
-        self.entries.set(offset as usize, PhoneEntry { mac: mac.0, flags: LEASED, reserved: 0 });
-        self.echo[offset as usize] = EchoSlots::default();
-        self.leased[offset as usize / 64] |= 1 << (offset % 64);
+        self.set_phone(offset, PhoneEntry { mac: mac.0, flags: LEASED, reserved: 0 });
     }
 
     /// `offset` is below `phones` (checked by [`crate::Nappt::apply`]).
     pub(crate) fn lease_down(&mut self, offset: u32) {
-        self.entries.set(offset as usize, PhoneEntry::default());
+        self.set_phone(offset, PhoneEntry::default());
+    }
+
+    /// Writes the entry at `offset`, its leased bit from the entry (the one place both change)
+    /// and a fresh echo table.
+    fn set_phone(&mut self, offset: u32, entry: PhoneEntry) {
+        let (word, bit) = (offset as usize / 64, 1u64 << (offset % 64));
+        self.leased[word] = if entry.is_leased() { self.leased[word] | bit } else { self.leased[word] & !bit };
+        self.entries.set(offset as usize, entry);
         self.echo[offset as usize] = EchoSlots::default();
-        self.leased[offset as usize / 64] &= !(1 << (offset % 64));
     }
 }
 

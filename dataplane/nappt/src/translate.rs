@@ -278,10 +278,11 @@ impl Nappt {
             // usual group, from one side, is found so with a branch-free look at all its frames
             // (a search for the end of the first run cost 7 instructions per frame).
             let sides = group.iter().fold(0u8, |sides, frame| sides | (1 << frame.side as u8));
+            let one_side = sides.count_ones() == 1;
             let mut general = 0u64;
             let mut run = 0;
             while let Some(side) = group.get(run).map(|frame| frame.side) {
-                let run_end = if sides.count_ones() == 1 {
+                let run_end = if one_side {
                     group.len()
                 } else {
                     group[run..].iter().position(|frame| frame.side != side).map_or(group.len(), |n| run + n)
@@ -910,10 +911,13 @@ trait PoolLookup: Copy {
     }
 }
 
-/// Which pool of a class a lookup matches, as its first address and its size: the LAN pool
-/// (as far as the class has phones) or the public pool.
+/// Which pool of a class a lookup matches: the LAN pool (as far as the class has phones) or
+/// the public pool.
 trait Pool: Copy {
-    fn range(table: &ClassTable) -> (u32, u32);
+    /// The pool's first address.
+    fn base(table: &ClassTable) -> u32;
+    /// The index of `addr` in the pool, if it is in it.
+    fn index(table: &ClassTable, addr: u32) -> Option<u32>;
 }
 
 /// The LAN pool: an address's index is the phone's offset.
@@ -926,15 +930,25 @@ struct PublicPool;
 
 impl Pool for LanPool {
     #[inline(always)]
-    fn range(table: &ClassTable) -> (u32, u32) {
-        (table.lan_base, table.phones)
+    fn base(table: &ClassTable) -> u32 {
+        table.lan_base
+    }
+
+    #[inline(always)]
+    fn index(table: &ClassTable, addr: u32) -> Option<u32> {
+        table.offset_of(addr)
     }
 }
 
 impl Pool for PublicPool {
     #[inline(always)]
-    fn range(table: &ClassTable) -> (u32, u32) {
-        (table.public_base, table.public_addresses)
+    fn base(table: &ClassTable) -> u32 {
+        table.public_base
+    }
+
+    #[inline(always)]
+    fn index(table: &ClassTable, addr: u32) -> Option<u32> {
+        table.public_index(addr)
     }
 }
 
@@ -963,16 +977,14 @@ impl<P: Pool> PoolLookup for ByMap<'_, P> {
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
         let class = self.0.slot(addr);
         let table = classes.get(class)?;
-        let (base, size) = P::range(table);
-        let index = addr.wrapping_sub(base);
-        (index < size).then_some((class, index, table))
+        P::index(table, addr).map(|index| (class, index, table))
     }
 
     #[inline(always)]
     fn find_fast(self, classes: &[ClassTable], addr: u32) -> Option<(u32, &ClassTable)> {
         // The map names the pool, so the index is inside it.
         let table = classes.get(self.0.slot(addr))?;
-        Some((addr.wrapping_sub(P::range(table).0), table))
+        Some((addr.wrapping_sub(P::base(table)), table))
     }
 }
 
@@ -981,9 +993,10 @@ impl<P: Pool> PoolLookup for ByScan<P> {
     fn find(self, classes: &[ClassTable], addr: u32) -> Option<(usize, u32, &ClassTable)> {
         let mut found = (usize::MAX, 0u32);
         for (class, table) in classes.iter().take(CLASS_LIMIT).enumerate().rev() {
-            let (base, size) = P::range(table);
-            let index = addr.wrapping_sub(base);
-            found = if index < size { (class, index) } else { found };
+            found = match P::index(table, addr) {
+                Some(index) => (class, index),
+                None => found,
+            };
         }
         Some((found.0, found.1, classes.get(found.0)?))
     }
