@@ -1040,7 +1040,7 @@ fn fast_passes<T>(
         };
         if let Some((phone, at)) = locate(ip) {
             // Never full: a group has at most LOOKAHEAD frames.
-            let _ = located.try_push(FastFrame { eth, ip, phone, at: Located::new(at, i) });
+            let _ = located.try_push(FastFrame { eth, ip, phone, at, index: i as u32 });
         }
     }
     apply_group(&mut located, apply)
@@ -1053,35 +1053,10 @@ fn apply_group<T>(located: &mut [FastFrame<'_, T>], apply: impl Fn(&mut FastFram
     let mut taken = 0u64;
     for frame in located {
         if apply(frame) {
-            taken |= 1 << frame.at.index();
+            taken |= 1 << frame.index;
         }
     }
     taken
-}
-
-/// Where pass 1 found a frame's phone, packed in 8 bytes: in bits 0-31 the phone's offset
-/// (outbound, for its block) or its LAN address (inbound, the new destination), the frame's
-/// index in its group in bits 56-63. (Whether it is TCP is read again from the header in pass
-/// 2: one compare there cost fewer instructions than packing and testing a bit.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Located(u64);
-
-impl Located {
-    /// `index` is the frame's index in its group (below [`LOOKAHEAD`]).
-    #[inline(always)]
-    fn new(value: u32, index: usize) -> Self {
-        Located(u64::from(value) | ((index as u64 & 0xFF) << 56))
-    }
-
-    #[inline(always)]
-    fn index(self) -> usize {
-        (self.0 >> 56) as usize
-    }
-
-    #[inline(always)]
-    fn value(self) -> u32 {
-        self.0 as u32
-    }
 }
 
 /// A frame pass 1 located: the MAC pair and the IP header with the first 20 bytes of the
@@ -1094,7 +1069,9 @@ struct FastFrame<'f, T> {
     eth: &'f mut [u8; 12],
     ip: &'f mut [u8; FAST_L3_LEN],
     phone: T,
-    at: Located,
+    at: u32,
+    /// The frame's index in its group (below [`LOOKAHEAD`]).
+    index: u32,
 }
 
 /// Finishes a located outbound frame: port in block, then rewritten. Returns false before
@@ -1103,7 +1080,7 @@ struct FastFrame<'f, T> {
 #[inline(always)]
 fn apply_outbound(frame: &mut FastFrame<'_, &ClassTable>, macs: MacWords) -> bool {
     let table = frame.phone;
-    let (public, port_lo) = table.block_of(frame.at.value());
+    let (public, port_lo) = table.block_of(frame.at);
     let ip = &mut *frame.ip;
     let sport = u16::from_be_bytes([ip[20], ip[21]]);
     if sport.wrapping_sub(port_lo) >= table.ports_per_phone {
@@ -1124,7 +1101,7 @@ fn apply_inbound(frame: &mut FastFrame<'_, &[u8; 8]>, lan_mac: LanMac) -> bool {
     if !PhoneEntry::from_bytes(*entry).is_leased() {
         return false;
     }
-    let private = frame.at.value().to_be_bytes();
+    let private = frame.at.to_be_bytes();
     let ip = &mut *frame.ip;
     let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
     fast_rewrite(ip, dst, u32::from_ne_bytes(private));
