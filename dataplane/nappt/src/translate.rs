@@ -1223,7 +1223,9 @@ fn fast_headers<'f>(frame: &'f mut Frame<'_>) -> Option<(&'f mut [u8; 12], &'f m
 }
 
 /// For a fast-path packet (in a frame of `len` bytes, `l2` of them before the IP header):
-/// whether it is TCP (else UDP), or `None` when it needs the general path.
+/// whether it is TCP (else UDP), or `None` when it needs the general path. The caller only
+/// needs the `None`; returning a plain `bool` instead compiled the checks into 9 more
+/// instructions per packet, so the form stays.
 ///
 /// The general path's conditions: version 4 with a 20-byte header, neither more fragments nor
 /// a fragment offset (the flag bit 0x8000 and DF are not looked at),
