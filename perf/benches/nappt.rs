@@ -30,6 +30,13 @@ const DISTINCT_BATCHES: usize = 1024;
 /// a NIC has just written into the cache; the clock is read once per 1024 packets.
 const INPUTS_PER_TIMING: u64 = 16;
 
+/// The `BATCH` frames of a batch buffer (one every `FRAME_STRIDE` bytes), as the AF_XDP engine
+/// builds them from its descriptors.
+fn frames_in(buffer: &mut [u8], side: Side) -> [Frame<'_>; BATCH] {
+    let mut chunks = buffer.chunks_exact_mut(FRAME_STRIDE);
+    std::array::from_fn(|_| Frame::new(chunks.next().expect("the buffer holds BATCH frames"), FRAME_LEN, side))
+}
+
 /// CPU time of the calling thread.
 struct ThreadCpuTime;
 
@@ -135,15 +142,8 @@ fn translate(c: &mut Criterion<ThreadCpuTime>) {
                         next = (next + 1) % DISTINCT_BATCHES;
                         buffer.copy_from_slice(&pristine[next]);
                     }
-                    let mut batches: Vec<[Frame<'_>; BATCH]> = work[..count]
-                        .iter_mut()
-                        .map(|buffer| {
-                            let mut chunks = buffer.chunks_exact_mut(FRAME_STRIDE);
-                            std::array::from_fn(|_| {
-                                Frame::new(chunks.next().expect("the buffer holds BATCH frames"), FRAME_LEN, side)
-                            })
-                        })
-                        .collect();
+                    let mut batches: Vec<[Frame<'_>; BATCH]> =
+                        work[..count].iter_mut().map(|buffer| frames_in(buffer, side)).collect();
                     let start = cpu_time::ThreadTime::now();
                     for (frames, out) in batches.iter_mut().zip(outs.iter_mut()) {
                         worker.translate(1, frames, out);
@@ -163,10 +163,7 @@ fn translate(c: &mut Criterion<ThreadCpuTime>) {
                     pristine[next].clone()
                 },
                 |buffer| {
-                    let mut chunks = buffer.chunks_exact_mut(FRAME_STRIDE);
-                    let mut frames: [Frame<'_>; BATCH] = std::array::from_fn(|_| {
-                        Frame::new(chunks.next().expect("the buffer holds BATCH frames"), FRAME_LEN, side)
-                    });
+                    let mut frames = frames_in(buffer, side);
                     let mut out = [Verdict::ToKernel; BATCH];
                     worker.translate(1, &mut frames, &mut out);
                     black_box(out);
